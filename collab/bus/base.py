@@ -1,0 +1,55 @@
+"""Fan-out between instances holding the same room.
+
+A bus may drop, delay or reorder messages: CRDT updates commute and are idempotent, and a room
+that may have missed messages (``on_gap``) catches up from the store. An instance never hears
+its own messages back and never re-publishes what it received.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(str, Enum):
+    UPDATE = "u"
+    """A document update, as produced by the engine of the publishing instance."""
+    AWARENESS = "a"
+    """An awareness payload (y-protocols encoding), already validated by the publisher."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    room: str
+    kind: Kind
+    payload: bytes
+
+
+OnMessage = Callable[[BusMessage], None]
+OnGap = Callable[[], None]
+
+
+class Bus(ABC):
+    async def open(self) -> None:
+        """Connect. A bus that cannot connect yet keeps trying in the background."""
+
+    async def close(self) -> None:
+        """Disconnect and drop every subscription."""
+
+    @abstractmethod
+    async def subscribe(self, room: str, on_message: OnMessage, on_gap: OnGap) -> None:
+        """Deliver other instances' messages for ``room``; call ``on_gap`` whenever messages
+        may have been lost (a reconnection, a detected gap)."""
+
+    @abstractmethod
+    async def unsubscribe(self, room: str) -> None: ...
+
+    @abstractmethod
+    def publish(self, room: str, kind: Kind, payload: bytes) -> None:
+        """Queue a message for the other instances; never blocks, never raises."""
+
+    @property
+    def healthy(self) -> bool:
+        return True

@@ -1,0 +1,16 @@
+"""The single-process bus: one instance holds every room, so there is nobody to tell."""
+
+from __future__ import annotations
+
+from collab.bus.base import Bus, Kind, OnGap, OnMessage
+
+
+class LocalBus(Bus):
+    async def subscribe(self, room: str, on_message: OnMessage, on_gap: OnGap) -> None:
+        pass
+
+    async def unsubscribe(self, room: str) -> None:
+        pass
+
+    def publish(self, room: str, kind: Kind, payload: bytes) -> None:
+        pass

@@ -1,0 +1,210 @@
+"""The storage interface and the machinery every store shares: group commit and compaction.
+
+A document is a compacted snapshot plus an append-only log of updates. A concrete store only
+implements a handful of small primitives (``_write_batch``, ``_load``, ``_read_log``,
+``_swap_snapshot``); batching, futures, thresholds and the verified compaction live here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from collab import crdt
+
+log = logging.getLogger("collab.store")
+
+
+@dataclass(slots=True)
+class StoredDocument:
+    """What the store holds for one document: the snapshot (if any) then the log, in order."""
+
+    updates: list[bytes] = field(default_factory=list)
+    position: int = 0
+    """The highest log position included (0 when the log is empty)."""
+
+
+@dataclass(slots=True)
+class LogSlice:
+    """What compaction folds: the snapshot as read, and the log entries after it."""
+
+    snapshot: bytes | None
+    version: int
+    """Changes on every snapshot swap; a swap based on an older version is refused."""
+    positions: list[int]
+    updates: list[bytes]
+
+
+@dataclass(slots=True)
+class PendingAppend:
+    name: str
+    update: bytes
+    done: asyncio.Future[int]
+
+
+class StoreClosed(RuntimeError):
+    """An append after the store began closing."""
+
+
+class Store(ABC):
+    """Durable documents. ``append`` never blocks the caller: it returns a future that resolves
+    with the update's log position once a group commit has made it durable."""
+
+    def __init__(self, *, commit_window: float = 0.005, compact_threshold: int = 500) -> None:
+        self.commit_window = commit_window
+        self.compact_threshold = compact_threshold
+        self._pending: list[PendingAppend] = []
+        self._inflight: list[PendingAppend] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._since_compaction: dict[str, int] = defaultdict(int)
+        self._compacting: dict[str, asyncio.Task[bool]] = {}
+        self.is_open = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._open()
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        self.is_open = True
+
+    async def close(self) -> None:
+        """Commit everything accepted so far, wait for running compactions, then close."""
+        if self._closing:
+            return
+        self._closing = True
+        await self.flush()
+        if self._compacting:
+            await asyncio.gather(*self._compacting.values(), return_exceptions=True)
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        self.is_open = False
+        await self._close()
+
+    # --- the interface ----------------------------------------------------------------------
+
+    def append(self, name: str, update: bytes) -> asyncio.Future[int]:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self._closing and not self.is_open:
+            done.set_exception(StoreClosed("the store is closed"))
+            return done
+        self._pending.append(PendingAppend(name, update, done))
+        self._wakeup.set()
+        return done
+
+    async def flush(self) -> None:
+        """Wait until every append made before this call is committed (or has failed)."""
+        waiting = [p.done for p in self._inflight] + [p.done for p in self._pending]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+    def committed(self) -> asyncio.Future[None]:
+        """A future that resolves once everything appended so far is committed."""
+        return asyncio.ensure_future(self.flush())
+
+    async def load(self, name: str) -> StoredDocument:
+        return await self._load(name)
+
+    async def compact(self, name: str) -> bool:
+        """Fold the log of ``name`` into its snapshot; one compaction per document at a time."""
+        running = self._compacting.get(name)
+        if running is not None:
+            return await asyncio.shield(running)
+        task = asyncio.create_task(self._compact(name), name=f"compact:{name}")
+        self._compacting[name] = task
+        task.add_done_callback(lambda _t: self._compacting.pop(name, None))
+        return await asyncio.shield(task)
+
+    @abstractmethod
+    async def names(self) -> list[str]:
+        """Every stored document name."""
+
+    # --- primitives each store implements ---------------------------------------------------
+
+    @abstractmethod
+    async def _open(self) -> None: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+    @abstractmethod
+    async def _write_batch(self, batch: list[tuple[str, bytes]]) -> list[int]:
+        """Append every (name, update) in one transaction; return their log positions."""
+
+    @abstractmethod
+    async def _load(self, name: str) -> StoredDocument: ...
+
+    @abstractmethod
+    async def _read_log(self, name: str) -> LogSlice: ...
+
+    @abstractmethod
+    async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,
+                             positions: list[int]) -> bool:
+        """In one transaction: if the snapshot is still at ``expected_version``, replace it and
+        delete exactly the log entries at ``positions``. Returns False (and changes nothing)
+        when another compaction got there first."""
+
+    # --- group commit -----------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if self.commit_window > 0:
+                await asyncio.sleep(self.commit_window)
+            self._wakeup.clear()
+            self._inflight, self._pending = self._pending, []
+            if self._inflight:
+                await self._commit(self._inflight)
+            self._inflight = []
+
+    async def _commit(self, batch: list[PendingAppend]) -> None:
+        try:
+            positions = await self._write_batch([(p.name, p.update) for p in batch])
+        except Exception as exc:  # the database is down: fail these, keep serving
+            log.error("store commit of %d updates failed: %s", len(batch), exc)
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_exception(exc)
+                    pending.done.exception()  # mark retrieved: the clients still hold the data
+            return
+        for pending, position in zip(batch, positions):
+            if not pending.done.done():
+                pending.done.set_result(position)
+            self._since_compaction[pending.name] += 1
+        for name in {p.name for p in batch}:
+            if self._since_compaction[name] >= self.compact_threshold and name not in self._compacting:
+                asyncio.ensure_future(self._compact_quietly(name))
+
+    # --- compaction -------------------------------------------------------------------------
+
+    async def _compact_quietly(self, name: str) -> None:
+        try:
+            await self.compact(name)
+        except Exception:
+            log.exception("compaction of %r failed; the log is kept", name)
+
+    async def _compact(self, name: str) -> bool:
+        part = await self._read_log(name)
+        if not part.positions:
+            self._since_compaction.pop(name, None)
+            return False
+        inputs = ([part.snapshot] if part.snapshot is not None else []) + part.updates
+        snapshot = await asyncio.to_thread(_merge_verified, inputs)
+        swapped = await self._swap_snapshot(name, part.version, snapshot, part.positions)
+        if swapped:
+            self._since_compaction[name] = max(0, self._since_compaction[name] - len(part.positions))
+            log.debug("compacted %r: %d log entries folded", name, len(part.positions))
+        return swapped
+
+
+def _merge_verified(inputs: list[bytes]) -> bytes:
+    """Merge through a real document, then prove the result holds every input."""
+    snapshot = crdt.document_from(inputs).full_state()
+    if not crdt.contains_all(snapshot, inputs):
+        raise RuntimeError("merged snapshot does not contain every update it replaces")
+    return snapshot

@@ -1,0 +1,171 @@
+"""SQLite store: the embedded default. WAL mode, one writer thread, one reader thread.
+
+SQLite calls block, so they run on two single-thread executors: the writer (group commits and
+snapshot swaps, serialised as SQLite requires) and the reader (loads and compaction reads, which
+WAL lets run beside a write). The event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from collab.store.base import LogSlice, Store, StoredDocument
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS updates (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc  TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS updates_by_doc ON updates (doc, seq);
+CREATE TABLE IF NOT EXISTS snapshots (
+    doc      TEXT PRIMARY KEY,
+    data     BLOB NOT NULL,
+    position INTEGER NOT NULL,
+    version  INTEGER NOT NULL
+);
+"""
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path, **options: Any) -> None:
+        super().__init__(**options)
+        self.path = Path(path)
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._write_db: sqlite3.Connection | None = None
+        self._read_db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 10000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL: a process crash loses no commit
+        return db
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+
+    async def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def open_writer() -> None:
+            self._write_db = self._connect()
+            self._write_db.executescript(SCHEMA)
+
+        def open_reader() -> None:
+            self._read_db = self._connect()
+
+        await self._run(self._writer_pool, open_writer)
+        await self._run(self._reader_pool, open_reader)
+
+    async def _close(self) -> None:
+        def close(db: sqlite3.Connection | None) -> Callable[[], None]:
+            return lambda: db.close() if db is not None else None
+
+        await self._run(self._reader_pool, close(self._read_db))
+        await self._run(self._writer_pool, close(self._write_db))
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+
+    async def _write_batch(self, batch: list[tuple[str, bytes]]) -> list[int]:
+        def write() -> list[int]:
+            db = self._write_db
+            assert db is not None
+            positions = []
+            db.execute("BEGIN")
+            try:
+                for name, update in batch:
+                    cursor = db.execute("INSERT INTO updates (doc, data) VALUES (?, ?)", (name, update))
+                    positions.append(int(cursor.lastrowid or 0))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return positions
+
+        return await self._run(self._writer_pool, write)
+
+    async def _load(self, name: str) -> StoredDocument:
+        def load() -> StoredDocument:
+            db = self._read_db
+            assert db is not None
+            db.execute("BEGIN")  # one read snapshot for both tables
+            try:
+                row = db.execute("SELECT data, position FROM snapshots WHERE doc = ?", (name,)).fetchone()
+                rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq", (name,)).fetchall()
+            finally:
+                db.execute("COMMIT")
+            stored = StoredDocument()
+            if row is not None:
+                stored.updates.append(row[0])
+                stored.position = row[1]
+            stored.updates.extend(data for _seq, data in rows)
+            if rows:
+                stored.position = max(stored.position, rows[-1][0])
+            return stored
+
+        return await self._run(self._reader_pool, load)
+
+    async def _read_log(self, name: str) -> LogSlice:
+        def read() -> LogSlice:
+            db = self._read_db
+            assert db is not None
+            db.execute("BEGIN")
+            try:
+                row = db.execute("SELECT data, version FROM snapshots WHERE doc = ?", (name,)).fetchone()
+                rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq", (name,)).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return LogSlice(
+                snapshot=row[0] if row else None,
+                version=row[1] if row else 0,
+                positions=[seq for seq, _ in rows],
+                updates=[data for _, data in rows],
+            )
+
+        return await self._run(self._reader_pool, read)
+
+    async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,
+                             positions: list[int]) -> bool:
+        def swap() -> bool:
+            db = self._write_db
+            assert db is not None
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT version, position FROM snapshots WHERE doc = ?", (name,)).fetchone()
+                if (row[0] if row else 0) != expected_version:
+                    db.execute("ROLLBACK")
+                    return False
+                position = max([row[1] if row else 0, *positions])
+                db.execute(
+                    "INSERT INTO snapshots (doc, data, position, version) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (doc) DO UPDATE SET data = excluded.data, "
+                    "position = excluded.position, version = excluded.version",
+                    (name, snapshot, position, expected_version + 1),
+                )
+                db.executemany("DELETE FROM updates WHERE seq = ? AND doc = ?",
+                               [(seq, name) for seq in positions])
+                db.execute("COMMIT")
+                return True
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        return await self._run(self._writer_pool, swap)
+
+    async def names(self) -> list[str]:
+        def names() -> list[str]:
+            db = self._read_db
+            assert db is not None
+            rows = db.execute("SELECT doc FROM snapshots UNION SELECT doc FROM updates ORDER BY 1")
+            return [r[0] for r in rows.fetchall()]
+
+        return await self._run(self._reader_pool, names)
