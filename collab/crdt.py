@@ -53,6 +53,13 @@ class Document:
     def state_vector(self) -> bytes:
         return self._doc.get_state()
 
+    def covers(self, update: bytes) -> bool:
+        """True when every struct in ``update`` is already integrated here (deletions are
+        not compared: they never advance a state vector)."""
+        mine = decode_state_vector(self.state_vector())
+        theirs = decode_state_vector(state_vector_of(update))
+        return all(mine.get(client, 0) >= clock for client, clock in theirs.items())
+
     def diff(self, state_vector: bytes) -> bytes:
         """Everything this document has that a peer with ``state_vector`` lacks."""
         try:
@@ -116,3 +123,19 @@ def contains_all(candidate: bytes, parts: Iterable[bytes]) -> bool:
     doc = Document()
     doc.apply(candidate)
     return all(doc.apply(part) is None for part in parts)
+
+
+def decode_state_vector(state_vector: bytes) -> dict[int, int]:
+    """client id -> clock. Raises InvalidUpdate on malformed input."""
+    from collab.protocol import ProtocolError, read_var_uint
+
+    try:
+        count, pos = read_var_uint(state_vector, 0)
+        clocks = {}
+        for _ in range(count):
+            client, pos = read_var_uint(state_vector, pos)
+            clock, pos = read_var_uint(state_vector, pos)
+            clocks[client] = clock
+        return clocks
+    except ProtocolError as exc:
+        raise InvalidUpdate(f"bad state vector: {exc}") from exc

@@ -1,0 +1,154 @@
+"""The Starlette application: routes, lifespan (store, bus, rooms) and the static editor."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+from starlette.websockets import WebSocket
+
+from collab import __version__
+from collab.bus import Bus, open_bus
+from collab.config import Settings
+from collab.rooms import Rooms
+from collab.store import Store, open_store
+from collab.transport.websocket import Limits, WebSocketEndpoint, deny
+
+log = logging.getLogger("collab")
+
+_ADJECTIVES = ("amber", "brisk", "calm", "clever", "coral", "dusty", "eager", "fuzzy", "gentle",
+               "golden", "happy", "jolly", "lucky", "mellow", "misty", "nimble", "proud", "quiet",
+               "rapid", "rosy", "sandy", "silver", "sunny", "swift", "tidy", "velvet", "witty")
+_ANIMALS = ("badger", "beaver", "bison", "crane", "dolphin", "falcon", "ferret", "gecko", "heron",
+            "ibis", "koala", "lemur", "lynx", "marten", "moose", "otter", "panda", "puffin",
+            "quokka", "raven", "seal", "stoat", "tapir", "walrus", "wombat", "yak", "zebra")
+
+
+def new_document_name() -> str:
+    """A short, readable, unguessable-enough name such as ``misty-otter-4821``."""
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_ANIMALS)}-{secrets.randbelow(10000):04d}"
+
+
+class AssetFiles(StaticFiles):
+    """Bundles have content hashes in their names, so they can be cached for good."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code == 200:
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        return response
+
+
+class Collab:
+    """The parts one instance runs, and the flag that says whether it takes new clients."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: Store = open_store(settings.store, commit_window=settings.commit_window,
+                                       compact_threshold=settings.compact_threshold)
+        self.bus: Bus = open_bus(settings.redis, settings.instance_id)
+        self.rooms = Rooms(self.store, self.bus, idle_seconds=settings.room_idle,
+                           durable_acks=settings.durable_acks)
+        self.accepting = False
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.bus.open()
+        self.rooms.start()
+        self.accepting = True
+        log.info("collab %s ready (store %s, bus %s)", __version__, _redact(self.settings.store),
+                 _redact(self.settings.redis) if self.settings.redis else "local")
+
+    async def stop(self) -> None:
+        """Take no new clients, close the ones left with 1012, flush everything to the store."""
+        self.accepting = False
+        for room in list(self.rooms.rooms.values()):
+            for peer in list(room.peers):
+                peer.close(1012, "server restarting, reconnect")
+        await self.rooms.close()
+        await self.store.close()
+        await self.bus.close()
+        log.info("collab stopped; every accepted update is stored")
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://…@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    collab = Collab(settings)
+    websocket_endpoint = WebSocketEndpoint(
+        collab.rooms, Limits(max_send_buffer=settings.max_send_buffer, keepalive=settings.keepalive),
+        is_accepting=lambda: collab.accepting,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await collab.start()
+        try:
+            yield
+        finally:
+            await collab.stop()
+
+    async def no_room(websocket: WebSocket) -> None:
+        await deny(websocket, 400, "the URL must be /ws/<room name>")
+
+    async def liveness(_request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readiness(_request: Request) -> Response:
+        if collab.accepting and collab.store.is_open:
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse("not ready\n", status_code=503)
+
+    async def metrics(_request: Request) -> Response:
+        rooms = collab.rooms.rooms
+        return JSONResponse({
+            "version": __version__,
+            "instance": settings.instance_id,
+            "accepting": collab.accepting,
+            "rooms": len(rooms),
+            "peers": collab.rooms.peer_count,
+            "updates_applied": sum(room.updates_applied for room in rooms.values()),
+            "bus_healthy": collab.bus.healthy,
+        })
+
+    index_html = Path(settings.web_dir) / "index.html"
+
+    async def landing(_request: Request) -> Response:
+        return RedirectResponse(f"/d/{new_document_name()}", status_code=302)
+
+    async def editor(_request: Request) -> Response:
+        if not index_html.is_file():
+            return PlainTextResponse(
+                "The editor is not built. Run `make run` (it builds web/ with npm), or connect a "
+                "Yjs client to /ws/<room>.\n", status_code=503)
+        return FileResponse(index_html, headers={"Cache-Control": "no-cache"})
+
+    routes = [
+        WebSocketRoute("/ws/{name:path}", websocket_endpoint.handle),
+        WebSocketRoute("/ws", no_room),
+        Route("/liveness_check", liveness),
+        Route("/readiness_check", readiness),
+        Route("/metrics", metrics),
+        Route("/", landing),
+        Route("/d/{name:path}", editor),
+        Mount("/assets", AssetFiles(directory=Path(settings.web_dir) / "assets", check_dir=False)),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.collab = collab
+    return app

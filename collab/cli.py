@@ -1,0 +1,186 @@
+"""The ``collab`` command: serve, load-test, manage the database, export documents."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+from collab import __version__
+from collab.config import Settings
+
+
+def _add_settings_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    for name, option, default in Settings.options():
+        if only is not None and name not in only:
+            continue
+        flag = "--" + name.replace("_", "-")
+        shown = default if not callable(default) else None
+        parser.add_argument(flag, dest=name, default=None, metavar=option.metavar,
+                            type=option.parse,
+                            help=f"{option.help} [env {option.env}; default {shown}]")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name, None) for name, _o, _d in Settings.options()}
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as exc:
+        raise SystemExit(f"collab: {exc}") from exc
+
+
+class _DenialNoise(logging.Filter):
+    """uvicorn logs an error after every refused upgrade (an HTTP denial); it is not one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing handshake" not in record.getMessage()
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from collab.app import create_app
+    from collab.store import UnsupportedStore
+
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except (UnsupportedStore, ValueError) as exc:
+        print(f"collab: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        ws_max_size=settings.max_message_size, ws_per_message_deflate=settings.per_message_deflate,
+        lifespan="on", timeout_graceful_shutdown=5, proxy_headers=True, forwarded_allow_ips="*",
+    )
+    collab = app.state.collab
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            collab.accepting = False  # readiness fails at once; new sockets are refused
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
+    server.run()
+    if not server.started:
+        print("collab: the server did not start (see the log above)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def db_upgrade(args: argparse.Namespace) -> int:
+    """Create or migrate the store's schema; safe to run while instances start."""
+    from collab.store import UnsupportedStore, open_store
+
+    settings = _settings(args)
+
+    async def upgrade() -> None:
+        store = open_store(settings.store)
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(upgrade())
+    except UnsupportedStore as exc:
+        print(f"collab: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"collab: cannot reach the store: {exc}", file=sys.stderr)
+        return 1
+    print(f"schema of {settings.store} is up to date")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write one document as plain text or as a Yjs update (for backups and migrations)."""
+    from collab import crdt
+    from collab.store import UnsupportedStore, open_store
+
+    settings = _settings(args)
+
+    async def read() -> tuple[list[str], crdt.Document | None]:
+        store = open_store(settings.store)
+        await store.open()
+        try:
+            if args.name is None:
+                return await store.names(), None
+            stored = await store.load(args.name)
+            return [], crdt.document_from(stored.updates) if stored.updates else None
+        finally:
+            await store.close()
+
+    try:
+        names, doc = asyncio.run(read())
+    except UnsupportedStore as exc:
+        print(f"collab: {exc}", file=sys.stderr)
+        return 2
+    if args.name is None:
+        print("\n".join(names))
+        return 0
+    if doc is None:
+        print(f"collab: no document named {args.name!r} in {settings.store}", file=sys.stderr)
+        return 1
+    if args.format == "yjs":
+        sys.stdout.buffer.write(doc.full_state())
+    else:
+        sys.stdout.write(doc.text(args.field))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"collab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve_parser = commands.add_parser(
+        "serve", help="serve the editor and the Yjs WebSocket endpoint",
+        description="Serve the editor on / and the y-websocket endpoint on /ws/<room>. Every "
+                    "option can also be set with the environment variable named in its help.")
+    _add_settings_arguments(serve_parser)
+    serve_parser.set_defaults(func=serve)
+
+    db_parser = commands.add_parser("db", help="manage the document store")
+    db_commands = db_parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    upgrade_parser = db_commands.add_parser("upgrade", help="create or migrate the store schema")
+    _add_settings_arguments(upgrade_parser, {"store"})
+    upgrade_parser.set_defaults(func=db_upgrade)
+
+    export_parser = commands.add_parser(
+        "export", help="print a stored document (or, without a name, list the documents)")
+    export_parser.add_argument("name", nargs="?", help="document (room) name, as in the URL")
+    export_parser.add_argument("--format", choices=("text", "yjs"), default="text",
+                               help="plain text of the shared text, or the full Yjs update")
+    export_parser.add_argument("--field", default="text", help="shared text field to print")
+    _add_settings_arguments(export_parser, {"store"})
+    export_parser.set_defaults(func=export)
+
+    _add_loadtest(commands)
+    return parser
+
+
+def _add_loadtest(commands: Any) -> None:
+    try:
+        from collab import loadtest  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    loadtest_parser = commands.add_parser(
+        "loadtest", help="load-test any y-websocket server",
+        description=getattr(loadtest, "__doc__", None))
+    loadtest.add_arguments(loadtest_parser)
+    loadtest_parser.set_defaults(func=loadtest.run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return int(args.func(args) or 0)

@@ -1,0 +1,100 @@
+"""Settings: one typed object, filled from ``COLLAB_*`` environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STORE = "sqlite:///./data/collab.db"
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting's command-line and environment face."""
+
+    help: str
+    env: str
+    parse: Callable[[str], Any] = str
+    metavar: str | None = None
+
+
+@dataclass(slots=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata={"option": Option(
+        "interface to listen on (0.0.0.0 for all)", "COLLAB_HOST", metavar="HOST")})
+    port: int = field(default=8080, metadata={"option": Option(
+        "TCP port", "COLLAB_PORT", int, "PORT")})
+    store: str = field(default=DEFAULT_STORE, metadata={"option": Option(
+        "document store: sqlite:///PATH, postgresql://USER@HOST/DB or memory://",
+        "COLLAB_STORE", metavar="URL")})
+    redis: str | None = field(default=None, metadata={"option": Option(
+        "Redis URL for fan-out between instances (redis://HOST:6379); none for one instance",
+        "COLLAB_REDIS_URL", metavar="URL")})
+    log_level: str = field(default="info", metadata={"option": Option(
+        "debug, info, warning or error", "COLLAB_LOG_LEVEL", str.lower, "LEVEL")})
+    max_message_size: int = field(default=16 * 1024 * 1024, metadata={"option": Option(
+        "largest WebSocket message accepted, in bytes; larger ones close the socket with 1009",
+        "COLLAB_MAX_MESSAGE_SIZE", int, "BYTES")})
+    max_send_buffer: int = field(default=64 * 1024 * 1024, metadata={"option": Option(
+        "bytes queued for one slow client before it is disconnected (it resyncs on reconnect)",
+        "COLLAB_MAX_SEND_BUFFER", int, "BYTES")})
+    commit_window: float = field(default=0.005, metadata={"option": Option(
+        "group-commit window: how long an accepted update may wait to be written with others",
+        "COLLAB_COMMIT_WINDOW", float, "SECONDS")})
+    compact_threshold: int = field(default=500, metadata={"option": Option(
+        "fold a document's update log into its snapshot after this many updates",
+        "COLLAB_COMPACT_THRESHOLD", int, "UPDATES")})
+    keepalive: float = field(default=15.0, metadata={"option": Option(
+        "send a no-op message to a client that has been sent nothing for this long (stock "
+        "clients drop a silent socket after 30 s)", "COLLAB_KEEPALIVE", float, "SECONDS")})
+    room_idle: float = field(default=5.0, metadata={"option": Option(
+        "keep a room in memory this long after its last client leaves", "COLLAB_ROOM_IDLE",
+        float, "SECONDS")})
+    per_message_deflate: bool = field(default=False, metadata={"option": Option(
+        "offer WebSocket per-message compression (costs memory and CPU; Yjs updates are small)",
+        "COLLAB_PER_MESSAGE_DEFLATE", _bool, "BOOL")})
+    durable_acks: bool = field(default=True, metadata={"option": Option(
+        "echo each client's update back to it once stored (drives the editor's 'saved' status)",
+        "COLLAB_DURABLE_ACKS", _bool, "BOOL")})
+    web_dir: Path = field(default=Path(__file__).resolve().parent.parent / "web" / "dist",
+                          metadata={"option": Option("built editor to serve", "COLLAB_WEB_DIR",
+                                                     Path, "DIR")})
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @classmethod
+    def options(cls) -> list[tuple[str, Option, Any]]:
+        """(field name, option, default) for every setting a person can set."""
+        result = []
+        for f in fields(cls):
+            option = f.metadata.get("option")
+            if option is not None:
+                result.append((f.name, option, f.default))
+        return result
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``COLLAB_*`` variables, then explicit overrides (CLI flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, option, _default in cls.options():
+            raw = environ.get(option.env)
+            if raw is not None and raw != "":
+                try:
+                    values[name] = option.parse(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{option.env}={raw!r}: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

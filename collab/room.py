@@ -1,0 +1,233 @@
+"""One live document on this instance: the rules of who gets what, with no I/O of its own.
+
+Peers are anything with ``send(frame)`` (queue a frame, never block) and ``close(code, reason)``.
+The room applies what clients send, broadcasts what the engine produced from it (never a client's
+raw bytes), appends it to the store and publishes it on the bus. Everything here runs on the event
+loop without awaiting, so handling one message is atomic with respect to every other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from collab import crdt, protocol
+from collab.bus import Bus, BusMessage, Kind
+from collab.protocol import AwarenessEntry
+from collab.store import Store, StoredDocument
+
+log = logging.getLogger("collab.room")
+
+REMOTE_AWARENESS_TIMEOUT = 30.0
+"""Presence heard from another instance that is not renewed within this time is dropped
+(stock clients renew theirs every 15 s; the same timeout they apply)."""
+
+
+class Peer(Protocol):
+    """What a room needs from a connected client (a transport adapter provides it)."""
+
+    synced: bool
+    """Set once the peer's step 1 was answered: only then does it receive broadcasts."""
+    awareness_ids: set[int]
+    """The awareness client ids this peer has announced (removed for all when it leaves)."""
+    acks: deque[tuple[asyncio.Future[object], bytes]]
+
+    def send(self, frame: bytes) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class PresenceState:
+    entry: AwarenessEntry
+    local: bool
+    """True for a client of this instance; False for one heard on the bus."""
+    heard_at: float = field(default_factory=time.monotonic)
+
+
+class Room:
+    def __init__(self, name: str, store: Store, bus: Bus, *, durable_acks: bool = True) -> None:
+        self.name = name
+        self.store = store
+        self.bus = bus
+        self.durable_acks = durable_acks
+        self.doc = crdt.Document()
+        self.peers: set[Peer] = set()
+        self.presence: dict[int, PresenceState] = {}
+        self.updates_applied = 0
+
+    # --- loading ----------------------------------------------------------------------------
+
+    def load(self, stored: StoredDocument) -> None:
+        """Apply what the store holds; a stored update the engine refuses is skipped, loudly."""
+        for update in stored.updates:
+            try:
+                self.doc.apply(update)
+            except crdt.InvalidUpdate as exc:
+                log.error("room %r: skipping a stored update the engine refuses: %s", self.name, exc)
+
+    async def catch_up(self) -> None:
+        """Re-read the store after the bus may have dropped messages; duplicates are no-ops."""
+        stored = await self.store.load(self.name)
+        for update in stored.updates:
+            try:
+                produced = self.doc.apply(update)
+            except crdt.InvalidUpdate:
+                continue
+            if produced is not None:
+                self._broadcast(protocol.encode_sync_update(produced), exclude=None)
+
+    # --- peers ------------------------------------------------------------------------------
+
+    def join(self, peer: Peer) -> None:
+        self.peers.add(peer)
+        peer.send(protocol.encode_sync_step1(self.doc.state_vector()))
+        if self.presence:
+            peer.send(self._presence_frame())
+
+    def leave(self, peer: Peer) -> None:
+        """Drop the peer and, for everyone else at once, its presence."""
+        self.peers.discard(peer)
+        peer.acks.clear()
+        removed = []
+        for client_id in peer.awareness_ids:
+            state = self.presence.pop(client_id, None)
+            if state is not None and not state.entry.is_removal:
+                removed.append(AwarenessEntry(client_id, state.entry.clock + 1, "null"))
+        if removed:
+            payload = protocol.encode_awareness_payload(removed)
+            self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
+            self.bus.publish(self.name, Kind.AWARENESS, payload)
+
+    # --- messages from clients --------------------------------------------------------------
+
+    def receive(self, peer: Peer, message: protocol.Message) -> None:
+        """Handle one decoded client message. Raises :class:`crdt.InvalidUpdate` or
+        :class:`protocol.ProtocolError` for input the transport must refuse."""
+        if isinstance(message, (protocol.SyncUpdate, protocol.SyncStep2)):
+            self._receive_update(peer, message.update)
+        elif isinstance(message, protocol.SyncStep1):
+            peer.send(protocol.encode_sync_step2(self.doc.diff(message.state_vector)))
+            peer.synced = True
+        elif isinstance(message, protocol.AwarenessUpdate):
+            self._receive_awareness(peer, message.payload)
+        elif isinstance(message, protocol.QueryAwareness):
+            peer.send(self._presence_frame())
+        # Auth messages from a client carry nothing the server acts on.
+
+    def _receive_update(self, peer: Peer, update: bytes) -> None:
+        produced = self.doc.apply(update)
+        if produced is None:
+            if self.durable_acks and self.doc.covers(update):
+                self._ack(peer, self.store.committed(), protocol.encode_sync_update(crdt.merge([update])))
+            return
+        self.updates_applied += 1
+        frame = protocol.encode_sync_update(produced)
+        self._broadcast(frame, exclude=peer)
+        committed = self.store.append(self.name, produced)
+        self.bus.publish(self.name, Kind.UPDATE, produced)
+        if self.durable_acks:
+            self._ack(peer, committed, frame)
+
+    def _ack(self, peer: Peer, committed: asyncio.Future[object], frame: bytes) -> None:
+        """Echo ``frame`` to ``peer`` once ``committed`` resolves, keeping the peer's acks in
+        the order its messages arrived."""
+        peer.acks.append((committed, frame))
+        committed.add_done_callback(lambda _f: self._release_acks(peer))
+
+    def _release_acks(self, peer: Peer) -> None:
+        while peer.acks and peer.acks[0][0].done():
+            committed, frame = peer.acks.popleft()
+            if committed.cancelled() or committed.exception() is not None:
+                continue  # not durable: no ack; the client keeps it and resends on reconnect
+            if peer in self.peers:
+                peer.send(frame)
+
+    def _receive_awareness(self, peer: Peer, payload: bytes) -> None:
+        entries = protocol.decode_awareness_payload(payload)
+        peer.awareness_ids.update(e.client_id for e in entries)
+        accepted = self._merge_presence(entries, local=True)
+        if accepted:
+            accepted_payload = protocol.encode_awareness_payload(accepted)
+            # Echo to the sender too: the stock client drops a socket that hears nothing.
+            self._broadcast(protocol.encode_awareness(accepted_payload), exclude=None, all_peers=True)
+            self.bus.publish(self.name, Kind.AWARENESS, accepted_payload)
+
+    def _merge_presence(self, entries: list[AwarenessEntry], *, local: bool) -> list[AwarenessEntry]:
+        """Apply the y-protocols awareness rule: a newer clock wins; a removal at the same clock
+        wins over a live state. Returns the entries that changed something."""
+        accepted = []
+        now = time.monotonic()
+        for entry in entries:
+            current = self.presence.get(entry.client_id)
+            if current is not None and not (
+                entry.clock > current.entry.clock
+                or (entry.clock == current.entry.clock and entry.is_removal
+                    and not current.entry.is_removal)
+            ):
+                continue
+            if current is None and entry.is_removal:
+                continue
+            if entry.is_removal:
+                self.presence.pop(entry.client_id, None)
+            else:
+                self.presence[entry.client_id] = PresenceState(entry, local, now)
+            accepted.append(entry)
+        return accepted
+
+    def _presence_frame(self) -> bytes:
+        entries = [state.entry for state in self.presence.values()]
+        return protocol.encode_awareness(protocol.encode_awareness_payload(entries))
+
+    # --- messages from other instances ------------------------------------------------------
+
+    def on_bus_message(self, message: BusMessage) -> None:
+        """Apply and broadcast locally; never re-published, never stored (the publisher did)."""
+        try:
+            if message.kind is Kind.UPDATE:
+                produced = self.doc.apply(message.payload)
+                if produced is not None:
+                    self._broadcast(protocol.encode_sync_update(produced), exclude=None)
+            elif message.kind is Kind.AWARENESS:
+                entries = protocol.decode_awareness_payload(message.payload)
+                accepted = self._merge_presence(entries, local=False)
+                if accepted:
+                    payload = protocol.encode_awareness_payload(accepted)
+                    self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
+        except (crdt.InvalidUpdate, protocol.ProtocolError) as exc:
+            log.warning("room %r: ignoring a bad bus message: %s", self.name, exc)
+
+    def on_bus_gap(self) -> None:
+        asyncio.ensure_future(self._catch_up_quietly())
+
+    async def _catch_up_quietly(self) -> None:
+        try:
+            await self.catch_up()
+        except Exception as exc:
+            log.warning("room %r: catch-up from the store failed: %s", self.name, exc)
+
+    def expire_remote_presence(self, now: float | None = None) -> None:
+        """Drop presence heard from other instances that stopped renewing it (a dead instance)."""
+        now = time.monotonic() if now is None else now
+        stale = [
+            AwarenessEntry(cid, state.entry.clock + 1, "null")
+            for cid, state in self.presence.items()
+            if not state.local and now - state.heard_at > REMOTE_AWARENESS_TIMEOUT
+        ]
+        for entry in stale:
+            del self.presence[entry.client_id]
+        if stale:
+            payload = protocol.encode_awareness_payload(stale)
+            self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
+
+    # --- fan-out ----------------------------------------------------------------------------
+
+    def _broadcast(self, frame: bytes, *, exclude: Peer | None, all_peers: bool = False) -> None:
+        """Queue one encoded frame for every (synced) peer; the bytes object is shared."""
+        for peer in self.peers:
+            if peer is not exclude and (all_peers or peer.synced):
+                peer.send(frame)

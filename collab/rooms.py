@@ -1,0 +1,131 @@
+"""The registry of live rooms on this instance: load once, share, evict when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from collab.bus import Bus
+from collab.room import Peer, Room
+from collab.store import Store
+
+log = logging.getLogger("collab.rooms")
+
+
+class Rooms:
+    """Get-or-load rooms by name. Clients that arrive while a room loads wait for that one load
+    (a client never syncs against a half-loaded document); a room whose last peer left is
+    flushed, compacted and dropped after ``idle_seconds``."""
+
+    def __init__(self, store: Store, bus: Bus, *, idle_seconds: float = 5.0,
+                 durable_acks: bool = True, housekeeping_interval: float = 5.0) -> None:
+        self.store = store
+        self.bus = bus
+        self.idle_seconds = idle_seconds
+        self.durable_acks = durable_acks
+        self.housekeeping_interval = housekeeping_interval
+        self.rooms: dict[str, Room] = {}
+        self._loading: dict[str, asyncio.Future[Room]] = {}
+        self._evictions: dict[str, asyncio.Task[None]] = {}
+        self._unsubscribing: dict[str, asyncio.Task[None]] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="rooms-housekeeping")
+
+    async def join(self, name: str, peer: Peer) -> Room:
+        room = await self.get(name)
+        eviction = self._evictions.pop(name, None)
+        if eviction is not None:
+            eviction.cancel()
+        room.join(peer)
+        return room
+
+    def leave(self, room: Room, peer: Peer) -> None:
+        room.leave(peer)
+        if not room.peers and room.name not in self._evictions:
+            self._evictions[room.name] = asyncio.create_task(self._evict_later(room))
+
+    async def get(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is not None:
+            return room
+        unsubscribing = self._unsubscribing.get(name)
+        if unsubscribing is not None:  # an evicted room is still leaving the bus
+            await asyncio.shield(unsubscribing)
+            return await self.get(name)
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            self._loading[name] = loading
+            asyncio.create_task(self._load(name, loading))
+        return await asyncio.shield(loading)
+
+    async def _load(self, name: str, loading: asyncio.Future[Room]) -> None:
+        try:
+            room = Room(name, self.store, self.bus, durable_acks=self.durable_acks)
+            await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap)
+            room.load(await self.store.load(name))
+            self.rooms[name] = room
+            loading.set_result(room)
+        except Exception as exc:
+            log.exception("loading room %r failed", name)
+            loading.set_exception(exc)
+            loading.exception()  # the joiners see it; do not warn about it twice
+            await self._unsubscribe_quietly(name)
+        finally:
+            self._loading.pop(name, None)
+
+    async def _evict_later(self, room: Room) -> None:
+        try:
+            await asyncio.sleep(self.idle_seconds)
+            await self._evict(room)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if self._evictions.get(room.name) is asyncio.current_task():
+                del self._evictions[room.name]
+
+    async def _evict(self, room: Room) -> None:
+        await self.store.flush()
+        if room.peers:
+            return
+        try:
+            await self.store.compact(room.name)
+        except Exception:
+            log.exception("compaction of %r on eviction failed; the log is kept", room.name)
+        if room.peers or self.rooms.get(room.name) is not room:
+            return
+        del self.rooms[room.name]
+        leaving = asyncio.create_task(self._unsubscribe_quietly(room.name))
+        self._unsubscribing[room.name] = leaving
+        try:
+            await asyncio.shield(leaving)
+        finally:
+            self._unsubscribing.pop(room.name, None)
+
+    async def _unsubscribe_quietly(self, name: str) -> None:
+        try:
+            await self.bus.unsubscribe(name)
+        except Exception as exc:
+            log.warning("unsubscribing %r from the bus failed: %s", name, exc)
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(self.housekeeping_interval)
+            for room in list(self.rooms.values()):
+                room.expire_remote_presence()
+
+    async def close(self) -> None:
+        """Stop housekeeping and pending evictions; the caller flushes and closes the store."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        for task in self._evictions.values():
+            task.cancel()
+        await asyncio.gather(*self._evictions.values(), return_exceptions=True)
+        if self._housekeeping is not None:
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+
+    @property
+    def peer_count(self) -> int:
+        return sum(len(room.peers) for room in self.rooms.values())

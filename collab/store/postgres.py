@@ -1,0 +1,184 @@
+"""PostgreSQL store: the shared store of several instances (asyncpg, a small pool).
+
+Same layout and semantics as the SQLite store: an update log plus one snapshot per document,
+with a ``version`` that changes on every snapshot swap. What several instances add:
+
+- schema creation and migration run under a transaction-scoped advisory lock and record the
+  schema version, so any number of instances (or ``collab db upgrade``) may start at once;
+- appends take a per-document advisory lock before drawing log positions, so for every
+  document the committed positions always form a prefix of the drawn ones: a reader that sees
+  position N has also seen every earlier position of that document;
+- a snapshot swap only succeeds on the version it was computed from and deletes exactly the
+  folded positions, in one transaction, so two instances compacting the same document at once
+  cannot lose an update appended meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import asyncpg
+
+from collab.store.base import LogSlice, Store, StoredDocument
+
+log = logging.getLogger("collab.store.postgres")
+
+SCHEMA_LOCK = 0x636F6C6C6162  # "collab": serialises schema changes across instances
+DOC_LOCK_SPACE = 0x636F6C  # first key of the two-key advisory locks taken per document
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE collab_updates (
+               seq  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+               doc  TEXT NOT NULL,
+               data BYTEA NOT NULL
+           )""",
+        "CREATE INDEX collab_updates_by_doc ON collab_updates (doc, seq)",
+        """CREATE TABLE collab_snapshots (
+               doc      TEXT PRIMARY KEY,
+               data     BYTEA NOT NULL,
+               position BIGINT NOT NULL,
+               version  BIGINT NOT NULL
+           )""",
+    ]),
+]
+"""(version, statements): applied in order, each version once, in one transaction."""
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def doc_lock_key(name: str) -> int:
+    """A stable signed 32-bit key for a document's advisory lock (collisions only serialise)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, *, pool_size: int = 4, command_timeout: float = 30.0,
+                 **options: Any) -> None:
+        super().__init__(**options)
+        self.url = url
+        self.pool_size = pool_size
+        self.command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the PostgreSQL store is not open")
+        return self._pool
+
+    async def _open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=1, max_size=self.pool_size, command_timeout=self.command_timeout,
+        )
+        try:
+            async with self._pool.acquire() as conn:
+                await migrate(conn)
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+
+    async def _close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _write_batch(self, batch: list[tuple[str, bytes]]) -> list[int]:
+        names = [name for name, _ in batch]
+        keys = sorted({doc_lock_key(name) for name in names})  # one order everywhere: no deadlock
+        async with self.pool.acquire() as conn, conn.transaction():
+            for key in keys:
+                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", DOC_LOCK_SPACE, key)
+            rows = await conn.fetch(
+                "INSERT INTO collab_updates (doc, data) "
+                "SELECT d, u FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS t(d, u, i) "
+                "ORDER BY i RETURNING seq",
+                names, [update for _, update in batch],
+            )
+        # identity values are drawn in row order, and the rows were fed in batch order
+        return sorted(row["seq"] for row in rows)
+
+    async def _read_both(self, name: str) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+        """The snapshot row and the log of ``name``, from one consistent database snapshot."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                 readonly=True):
+            snapshot = await conn.fetchrow(
+                "SELECT data, position, version FROM collab_snapshots WHERE doc = $1", name)
+            entries = await conn.fetch(
+                "SELECT seq, data FROM collab_updates WHERE doc = $1 ORDER BY seq", name)
+        return snapshot, entries
+
+    async def _load(self, name: str) -> StoredDocument:
+        snapshot, entries = await self._read_both(name)
+        stored = StoredDocument()
+        if snapshot is not None:
+            stored.updates.append(snapshot["data"])
+            stored.position = snapshot["position"]
+        stored.updates.extend(entry["data"] for entry in entries)
+        if entries:
+            stored.position = max(stored.position, entries[-1]["seq"])
+        return stored
+
+    async def _read_log(self, name: str) -> LogSlice:
+        snapshot, entries = await self._read_both(name)
+        return LogSlice(
+            snapshot=snapshot["data"] if snapshot is not None else None,
+            version=snapshot["version"] if snapshot is not None else 0,
+            positions=[entry["seq"] for entry in entries],
+            updates=[entry["data"] for entry in entries],
+        )
+
+    async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,
+                             positions: list[int]) -> bool:
+        top = max(positions, default=0)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if expected_version == 0:
+                # two first compactions race on the insert: the loser waits, then inserts nothing
+                status = await conn.execute(
+                    "INSERT INTO collab_snapshots (doc, data, position, version) "
+                    "VALUES ($1, $2, $3, 1) ON CONFLICT (doc) DO NOTHING",
+                    name, snapshot, top)
+            else:
+                # the row lock orders racing swaps; the loser re-reads the version and matches nothing
+                status = await conn.execute(
+                    "UPDATE collab_snapshots SET data = $2, position = GREATEST(position, $3), "
+                    "version = version + 1 WHERE doc = $1 AND version = $4",
+                    name, snapshot, top, expected_version)
+            if not status.endswith(" 1"):
+                return False
+            await conn.execute(
+                "DELETE FROM collab_updates WHERE doc = $1 AND seq = ANY($2::bigint[])",
+                name, positions)
+        return True
+
+    async def names(self) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT doc FROM collab_snapshots UNION SELECT DISTINCT doc FROM collab_updates ORDER BY 1")
+        return [row["doc"] for row in rows]
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Bring the schema up to date; safe to run from many processes at once. Returns the
+    version the database is at."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS collab_schema ("
+            " version INTEGER PRIMARY KEY,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        current = await conn.fetchval("SELECT COALESCE(max(version), 0) FROM collab_schema")
+        if current > SCHEMA_VERSION:  # a rollback after a newer release migrated: additive only
+            log.warning("database schema is at version %d, newer than this collab's %d",
+                        current, SCHEMA_VERSION)
+        for version, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO collab_schema (version) VALUES ($1)", version)
+            log.info("database schema migrated to version %d", version)
+            current = version
+    return current
