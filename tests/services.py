@@ -1,7 +1,7 @@
 """Real Redis and PostgreSQL for tests: where to find them, a throwaway database per run,
 and a private redis-server that a test may cut or restart without disturbing anyone else.
 
-A test that needs a service calls :func:`need`: it skips with the reason when the service is
+A test that needs a service calls ``need_*``: it skips with the reason when the service is
 absent, and fails instead when ``COLLAB_REQUIRE_SERVICES=1`` (CI).
 """
 
@@ -19,18 +19,15 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-import pytest
+from tests.conftest import require_service
 
 POSTGRES_URL = os.environ.get("COLLAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def need(available: bool, reason: str) -> None:
-    if available:
-        return
-    if os.environ.get("COLLAB_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason} (COLLAB_REQUIRE_SERVICES=1)")
-    pytest.skip(reason)
+def need(available: bool, name: str, reason: str) -> None:
+    if not available:
+        require_service(name, reason)
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -43,11 +40,11 @@ def _reachable(url: str, default_port: int) -> bool:
 
 
 def need_postgres() -> None:
-    need(_reachable(POSTGRES_URL, 5432), f"PostgreSQL not reachable at {POSTGRES_URL}")
+    need(_reachable(POSTGRES_URL, 5432), "PostgreSQL", f"PostgreSQL not reachable at {POSTGRES_URL}")
 
 
 def need_redis() -> None:
-    need(_reachable(REDIS_URL, 6379), f"Redis not reachable at {REDIS_URL}")
+    need(_reachable(REDIS_URL, 6379), "Redis", f"Redis not reachable at {REDIS_URL}")
 
 
 def with_database(url: str, database: str) -> str:
@@ -125,7 +122,7 @@ class PrivateRedis:
 
 @contextlib.contextmanager
 def private_redis() -> Iterator[PrivateRedis]:
-    need(shutil.which("redis-server") is not None, "redis-server binary not installed")
+    need(shutil.which("redis-server") is not None, "redis-server", "redis-server binary not installed")
     server = PrivateRedis()
     server.start()
     try:
