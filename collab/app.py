@@ -11,9 +11,10 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from collab import __version__
@@ -21,7 +22,7 @@ from collab.bus import Bus, open_bus
 from collab.config import Settings
 from collab.rooms import Rooms
 from collab.store import Store, open_store
-from collab.transport.websocket import Limits, WebSocketEndpoint, deny
+from collab.transport.websocket import Limits, WebSocketEndpoint
 
 log = logging.getLogger("collab")
 
@@ -46,6 +47,24 @@ class AssetFiles(StaticFiles):
         if response.status_code == 200:
             response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
         return response
+
+
+class RoomSockets:
+    """Takes every WebSocket under ``/ws`` before routing: a room name may contain anything the
+    URL can carry (a route pattern would refuse some, such as an encoded newline, with a bare
+    403 instead of a reason)."""
+
+    def __init__(self, app: ASGIApp, endpoint: WebSocketEndpoint) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            path = scope["path"]
+            if path == "/ws" or path.startswith("/ws/"):
+                await self.endpoint.handle(WebSocket(scope, receive, send))
+                return
+        await self.app(scope, receive, send)
 
 
 class Collab:
@@ -104,9 +123,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await collab.stop()
 
-    async def no_room(websocket: WebSocket) -> None:
-        await deny(websocket, 400, "the URL must be /ws/<room name>")
-
     async def liveness(_request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -140,8 +156,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return FileResponse(index_html, headers={"Cache-Control": "no-cache"})
 
     routes = [
-        WebSocketRoute("/ws/{name:path}", websocket_endpoint.handle),
-        WebSocketRoute("/ws", no_room),
         Route("/liveness_check", liveness),
         Route("/readiness_check", readiness),
         Route("/metrics", metrics),
@@ -149,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/d/{name:path}", editor),
         Mount("/assets", AssetFiles(directory=Path(settings.web_dir) / "assets", check_dir=False)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(RoomSockets, endpoint=websocket_endpoint)])
     app.state.collab = collab
     return app

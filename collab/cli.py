@@ -69,6 +69,7 @@ def serve(args: argparse.Namespace) -> int:
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             collab.accepting = False  # readiness fails at once; new sockets are refused
             super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # a graceful stop exits 0, not by re-raising the signal
 
     server = Server(config)
     server.run()
@@ -172,6 +173,8 @@ def _add_loadtest(commands: Any) -> None:
     try:
         from collab import loadtest  # type: ignore[attr-defined]
     except ImportError:
+        return
+    if not hasattr(loadtest, "add_arguments"):
         return
     loadtest_parser = commands.add_parser(
         "loadtest", help="load-test any y-websocket server",

@@ -112,13 +112,16 @@ class Store(ABC):
 
     async def compact(self, name: str) -> bool:
         """Fold the log of ``name`` into its snapshot; one compaction per document at a time."""
-        running = self._compacting.get(name)
-        if running is not None:
-            return await asyncio.shield(running)
-        task = asyncio.create_task(self._compact(name), name=f"compact:{name}")
-        self._compacting[name] = task
-        task.add_done_callback(lambda _t: self._compacting.pop(name, None))
-        return await asyncio.shield(task)
+        return await asyncio.shield(self._compaction(name))
+
+    def _compaction(self, name: str) -> asyncio.Task[bool]:
+        """The running compaction of ``name``, started if there is none."""
+        task = self._compacting.get(name)
+        if task is None:
+            task = asyncio.create_task(self._compact(name), name=f"compact:{name}")
+            self._compacting[name] = task
+            task.add_done_callback(lambda _t: self._compacting.pop(name, None))
+        return task
 
     @abstractmethod
     async def names(self) -> list[str]:
@@ -178,15 +181,9 @@ class Store(ABC):
             self._since_compaction[pending.name] += 1
         for name in {p.name for p in batch}:
             if self._since_compaction[name] >= self.compact_threshold and name not in self._compacting:
-                asyncio.ensure_future(self._compact_quietly(name))
+                self._compaction(name).add_done_callback(_log_compaction_failure)
 
     # --- compaction -------------------------------------------------------------------------
-
-    async def _compact_quietly(self, name: str) -> None:
-        try:
-            await self.compact(name)
-        except Exception:
-            log.exception("compaction of %r failed; the log is kept", name)
 
     async def _compact(self, name: str) -> bool:
         part = await self._read_log(name)
@@ -200,6 +197,11 @@ class Store(ABC):
             self._since_compaction[name] = max(0, self._since_compaction[name] - len(part.positions))
             log.debug("compacted %r: %d log entries folded", name, len(part.positions))
         return swapped
+
+
+def _log_compaction_failure(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("compaction failed; the log is kept: %s", task.exception())
 
 
 def _merge_verified(inputs: list[bytes]) -> bytes:

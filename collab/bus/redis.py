@@ -1,0 +1,421 @@
+"""Fan-out between instances over Redis pub/sub.
+
+One channel per room (``collab:room:<name>``); an instance subscribes to the channels of the
+rooms it holds, so only those instances receive a room's traffic. Pub/sub rather than streams:
+the store, not the bus, is the record, so the bus only has to be fast and to say when it may
+have lost something; pub/sub delivers in one hop, keeps nothing in Redis memory, and follows
+subscriptions exactly. What pub/sub lacks (delivery across a disconnection) is covered by
+telling the room, which then catches up from the store.
+
+Two connections: a subscriber (one reader task; pings when idle so a silently dead link is
+noticed) and a publisher (one sender task draining a bounded queue in pipelined batches).
+``publish`` only appends to that queue. Every frame carries the publisher's instance id and a
+per-(publisher, room) sequence number: receivers drop their own frames and call ``on_gap``
+when a number is skipped. When Redis is unreachable the sender drops what is queued, counts
+it, and on recovery sends a payload-less marker for each room it dropped messages of, so the
+other instances see the skip and catch up even if that room goes quiet.
+
+``on_gap`` fires ``settle_delay`` seconds after the event (coalesced per room): a dropped
+update is published before it is committed, so an immediate reload could miss it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from collab.bus.base import Bus, BusMessage, Kind, OnGap, OnMessage
+from collab.protocol import read_var_bytes, read_var_uint, write_var_bytes, write_var_uint
+
+log = logging.getLogger("collab.bus.redis")
+
+WIRE_VERSION = 1
+MARKER = 0
+_KIND_CODES = {Kind.UPDATE: 1, Kind.AWARENESS: 2}
+_CODE_KINDS = {code: kind for kind, code in _KIND_CODES.items()}
+_FAILURES = (RedisError, OSError, asyncio.TimeoutError, EOFError)
+
+
+# --- wire format (sans-I/O) -------------------------------------------------------------------
+
+
+class BadFrame(ValueError):
+    """Bytes on a room channel that are not a collab bus frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    publisher: bytes
+    seq: int
+    kind: Kind | None
+    """None for a marker: a frame that only advances the sequence."""
+    payload: bytes
+
+
+def encode_frame(publisher: bytes, seq: int, kind: Kind | None, payload: bytes = b"") -> bytes:
+    """``[version << 4 | kind code] [varbytes publisher] [varuint seq] payload...``"""
+    code = MARKER if kind is None else _KIND_CODES[kind]
+    return bytes([WIRE_VERSION << 4 | code]) + write_var_bytes(publisher) + write_var_uint(seq) + payload
+
+
+def decode_frame(data: bytes) -> Frame:
+    if not data or data[0] >> 4 != WIRE_VERSION:
+        raise BadFrame("not a version 1 bus frame")
+    code = data[0] & 0x0F
+    if code != MARKER and code not in _CODE_KINDS:
+        raise BadFrame(f"unknown kind {code}")
+    try:
+        publisher, pos = read_var_bytes(data, 1)
+        seq, pos = read_var_uint(data, pos)
+    except ValueError as exc:
+        raise BadFrame(str(exc)) from exc
+    return Frame(publisher, seq, _CODE_KINDS.get(code), bytes(data[pos:]))
+
+
+class SequenceTracker:
+    """Per room, the last sequence number heard from each publisher; says when one was skipped."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, dict[bytes, int]] = {}
+
+    def forget(self, room: str) -> None:
+        self._last.pop(room, None)
+
+    def observe(self, room: str, publisher: bytes, seq: int) -> bool:
+        """Record ``seq``; True when something from this publisher may have been missed. The
+        first frame heard from a publisher is no gap: earlier ones predate the subscription,
+        which the settle-time catch-up after subscribing covers."""
+        last = self._last.setdefault(room, {})
+        previous = last.get(publisher)
+        last[publisher] = seq
+        return previous is not None and seq != previous + 1
+
+
+@dataclass(slots=True)
+class BusStats:
+    published: int = 0
+    dropped: int = 0
+    received: int = 0
+    own: int = 0
+    gaps: int = 0
+    reconnects: int = 0
+    malformed: int = 0
+
+
+# --- the I/O shell ----------------------------------------------------------------------------
+
+
+class RedisBus(Bus):
+    def __init__(self, url: str, *, instance_id: str, channel_prefix: str = "collab:room:",
+                 settle_delay: float = 0.5, ping_interval: float = 5.0, timeout: float = 5.0,
+                 max_queue_bytes: int = 32 * 1024 * 1024, max_batch: int = 256,
+                 max_backoff: float = 5.0) -> None:
+        self.instance_id = instance_id
+        self.settle_delay = settle_delay
+        self.ping_interval = ping_interval
+        self.max_queue_bytes = max_queue_bytes
+        self.max_batch = max_batch
+        self.max_backoff = max_backoff
+        self.stats = BusStats()
+        self._id = instance_id.encode()
+        self._prefix = channel_prefix.encode()
+        self._pool = ConnectionPool.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0),
+        )
+        self._rooms: dict[str, tuple[OnMessage, OnGap]] = {}
+        self._tracker = SequenceTracker()
+        self._seq: dict[str, int] = {}
+        self._settling: dict[str, asyncio.TimerHandle] = {}
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._queued_bytes = 0
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._sub: AbstractConnection | None = None
+        self._confirming: dict[bytes, asyncio.Future[None]] = {}
+        self._sub_ok = False
+        self._pub_ok = True
+        self._connected = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._subscriber(), name="redis-bus-subscriber"),
+            asyncio.create_task(self._sender(), name="redis-bus-sender"),
+        ]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), self._pool.connection_kwargs["socket_timeout"])
+        if not self._sub_ok:
+            log.warning("Redis bus not reachable yet; retrying in the background")
+
+    async def close(self) -> None:
+        """Send what is queued (briefly), then disconnect and drop every subscription."""
+        self._closing = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._drained(), 1.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for handle in self._settling.values():
+            handle.cancel()
+        self._settling.clear()
+        self._rooms.clear()
+        await self._pool.disconnect()
+
+    async def _drained(self) -> None:
+        while (self._queue or self._wake.is_set()) and self._pub_ok:
+            await asyncio.sleep(0.01)
+
+    @property
+    def healthy(self) -> bool:
+        return self._sub_ok and self._pub_ok
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy, "rooms": len(self._rooms), "queued": len(self._queue),
+            "published": self.stats.published, "dropped": self.stats.dropped,
+            "received": self.stats.received, "gaps": self.stats.gaps,
+            "reconnects": self.stats.reconnects, "malformed": self.stats.malformed,
+        }
+
+    # --- the interface ----------------------------------------------------------------------
+
+    async def subscribe(self, room: str, on_message: OnMessage, on_gap: OnGap) -> None:
+        """Returns once Redis confirmed the subscription (or at once while disconnected: the
+        reconnection subscribes every room)."""
+        self._rooms[room] = (on_message, on_gap)
+        self._tracker.forget(room)
+        channel = self._channel(room)
+        sub = self._sub
+        if sub is not None and sub.is_connected:
+            confirmed = self._confirming.get(channel)
+            if confirmed is None or confirmed.done():
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirming[channel] = confirmed
+            try:
+                await sub.send_command("SUBSCRIBE", channel, check_health=False)
+                await asyncio.wait_for(asyncio.shield(confirmed), self.ping_interval)
+            except _FAILURES as exc:
+                log.debug("subscribing %r not confirmed: %s", room, exc)
+        self._schedule_gap(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        self._rooms.pop(room, None)
+        self._tracker.forget(room)
+        self._seq.pop(room, None)
+        handle = self._settling.pop(room, None)
+        if handle is not None:
+            handle.cancel()
+        sub = self._sub
+        if sub is not None and sub.is_connected:
+            with contextlib.suppress(*_FAILURES):
+                await sub.send_command("UNSUBSCRIBE", self._channel(room), check_health=False)
+
+    def publish(self, room: str, kind: Kind, payload: bytes) -> None:
+        try:
+            self._enqueue(room, kind, payload)
+        except Exception:  # never let the bus break the caller
+            self.stats.dropped += 1
+            log.exception("could not queue a bus message for %r", room)
+
+    # --- publishing -------------------------------------------------------------------------
+
+    def _channel(self, room: str) -> bytes:
+        return self._prefix + room.encode("utf-8", "surrogateescape")
+
+    def _enqueue(self, room: str, kind: Kind | None, payload: bytes = b"") -> None:
+        seq = self._seq.get(room, 0) + 1
+        self._seq[room] = seq
+        frame = encode_frame(self._id, seq, kind, payload)
+        if self._closing or not self._pub_ok or self._queued_bytes + len(frame) > self.max_queue_bytes:
+            self._drop(room)
+            return
+        self._queue.append((room, frame))
+        self._queued_bytes += len(frame)
+        self._wake.set()
+
+    def _drop(self, room: str) -> None:
+        self.stats.dropped += 1
+        self._dirty.add(room)
+
+    def _take_batch(self) -> list[tuple[str, bytes]]:
+        batch = []
+        while self._queue and len(batch) < self.max_batch:
+            room, frame = self._queue.popleft()
+            self._queued_bytes -= len(frame)
+            batch.append((room, frame))
+        return batch
+
+    async def _sender(self) -> None:
+        conn: AbstractConnection | None = None
+        backoff = 0.05
+        while True:
+            if not self._pub_ok:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+            else:
+                await self._wake.wait()
+            self._wake.clear()
+            try:
+                conn = conn or await self._connect("pub")
+                if not self._pub_ok:
+                    await self._command(conn, ("PING",))
+                    self._recovered()
+                    backoff = 0.05
+                while self._queue:
+                    batch = self._take_batch()
+                    try:
+                        await self._command(conn, *(("PUBLISH", self._channel(r), f) for r, f in batch))
+                    except BaseException:
+                        for room, _frame in batch:
+                            self._drop(room)
+                        raise
+                    self.stats.published += len(batch)
+            except _FAILURES as exc:
+                if self._pub_ok:
+                    log.warning("Redis bus: publishing failed (%s); dropping until Redis is back", exc)
+                self._pub_ok = False
+                while self._queue:
+                    for room, _frame in self._take_batch():
+                        self._drop(room)
+                if conn is not None:
+                    await conn.disconnect(nowait=True)
+                conn = None
+
+    def _recovered(self) -> None:
+        """Publishing works again: tell the others which rooms lost messages, via a marker."""
+        self._pub_ok = True
+        log.info("Redis bus: publishing again")
+        dirty, self._dirty = self._dirty, set()
+        for room in dirty:
+            if room in self._rooms:
+                self._enqueue(room, None)
+
+    async def _command(self, conn: AbstractConnection, *commands: tuple[Any, ...]) -> None:
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        for _ in commands:
+            await conn.read_response()
+
+    async def _connect(self, role: str) -> AbstractConnection:
+        kwargs = {**self._pool.connection_kwargs, "client_name": f"collab-{self.instance_id}-{role}"}
+        conn: AbstractConnection = self._pool.connection_class(**kwargs)
+        try:
+            await conn.connect()
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        return conn
+
+    # --- subscribing ------------------------------------------------------------------------
+
+    async def _subscriber(self) -> None:
+        backoff = 0.05
+        ever_connected = False
+        while True:
+            conn: AbstractConnection | None = None
+            try:
+                conn = await self._connect("sub")
+                channels = [self._channel(room) for room in self._rooms]
+                for start in range(0, len(channels), 1000):
+                    await conn.send_command("SUBSCRIBE", *channels[start:start + 1000], check_health=False)
+                self._sub, self._sub_ok = conn, True
+                if ever_connected:
+                    self.stats.reconnects += 1
+                    log.info("Redis bus: subscriber reconnected; %d rooms catch up", len(self._rooms))
+                ever_connected = True
+                backoff = 0.05
+                self._connected.set()
+                for room in list(self._rooms):
+                    self._tracker.forget(room)
+                    self._schedule_gap(room)
+                await self._read(conn)
+            except _FAILURES as exc:
+                if self._sub_ok or not ever_connected:
+                    log.warning("Redis bus: subscriber connection lost (%s); reconnecting", exc)
+            finally:
+                self._sub, self._sub_ok = None, False
+                for confirmed in self._confirming.values():
+                    if not confirmed.done():
+                        confirmed.set_result(None)
+                self._confirming.clear()
+                if conn is not None:
+                    await conn.disconnect(nowait=True)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        pinged = False
+        while True:
+            response = await conn.read_response(timeout=self.ping_interval)
+            if response is None:
+                if pinged:
+                    raise ConnectionError("Redis did not answer a ping")
+                await conn.send_command("PING", check_health=False)
+                pinged = True
+                continue
+            pinged = False
+            self._handle(response)
+
+    def _handle(self, response: Any) -> None:
+        if not isinstance(response, list) or len(response) < 3:
+            return
+        kind, channel, data = response[0], response[1], response[2]
+        if kind == b"message":
+            self._deliver(channel, data)
+        elif kind == b"subscribe":
+            confirmed = self._confirming.pop(channel, None)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        room = channel[len(self._prefix):].decode("utf-8", "surrogateescape")
+        handlers = self._rooms.get(room)
+        if handlers is None:
+            return
+        try:
+            frame = decode_frame(data)
+        except BadFrame:
+            self.stats.malformed += 1
+            return
+        if frame.publisher == self._id:
+            self.stats.own += 1
+            return
+        if self._tracker.observe(room, frame.publisher, frame.seq):
+            self.stats.gaps += 1
+            self._schedule_gap(room)
+        if frame.kind is None:
+            return
+        self.stats.received += 1
+        try:
+            handlers[0](BusMessage(room, frame.kind, frame.payload))
+        except Exception:
+            log.exception("room %r: handling a bus message failed", room)
+
+    # --- gaps -------------------------------------------------------------------------------
+
+    def _schedule_gap(self, room: str) -> None:
+        if room in self._settling or room not in self._rooms:
+            return
+        loop = asyncio.get_running_loop()
+        self._settling[room] = loop.call_later(self.settle_delay, self._fire_gap, room)
+
+    def _fire_gap(self, room: str) -> None:
+        self._settling.pop(room, None)
+        handlers = self._rooms.get(room)
+        if handlers is None:
+            return
+        try:
+            handlers[1]()
+        except Exception:
+            log.exception("room %r: on_gap failed", room)

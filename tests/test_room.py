@@ -1,0 +1,256 @@
+"""The room's rules, without sockets: recording peers, the in-memory store, the local bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+
+import pytest
+
+from collab import crdt, protocol
+from collab.bus import BusMessage, Kind, LocalBus
+from collab.protocol import AwarenessEntry
+from collab.room import Room
+from collab.rooms import Rooms
+from collab.store import Store, open_store
+
+
+class RecordingPeer:
+    """A peer that keeps what it is sent (the transport's WebSocketPeer sends it instead)."""
+
+    def __init__(self) -> None:
+        self.synced = False
+        self.awareness_ids: set[int] = set()
+        self.acks: deque[tuple[asyncio.Future[object], bytes]] = deque()
+        self.sent: list[protocol.Message] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(protocol.decode_message(frame))
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def updates(self) -> list[bytes]:
+        return [m.update for m in self.sent if isinstance(m, protocol.SyncUpdate)]
+
+
+class RecordingBus(LocalBus):
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Kind, bytes]] = []
+
+    def publish(self, room: str, kind: Kind, payload: bytes) -> None:
+        self.published.append((room, kind, payload))
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    store = open_store("memory://")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def joined(room: Room) -> RecordingPeer:
+    peer = RecordingPeer()
+    room.join(peer)
+    room.receive(peer, protocol.SyncStep1(crdt.Document().state_vector()))
+    return peer
+
+
+def edit(text: str) -> bytes:
+    update = crdt.Document().edit_text(0, text)
+    assert update is not None
+    return update
+
+
+async def test_join_sends_step1_and_answers_step1_with_the_document(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    room.doc.apply(edit("hello"))
+    peer = RecordingPeer()
+    room.join(peer)
+    assert isinstance(peer.sent[0], protocol.SyncStep1)
+    assert not peer.synced
+    room.receive(peer, protocol.SyncStep1(crdt.Document().state_vector()))
+    assert peer.synced
+    step2 = peer.sent[1]
+    assert isinstance(step2, protocol.SyncStep2)
+    assert crdt.document_from([step2.update]).text() == "hello"
+
+
+async def test_an_update_reaches_synced_peers_store_and_bus_but_not_its_sender(store: Store) -> None:
+    bus = RecordingBus()
+    room = Room("r", store, bus, durable_acks=False)
+    alice, bob = joined(room), joined(room)
+    late = RecordingPeer()
+    room.join(late)  # handshake not done yet: gets no broadcast
+    room.receive(alice, protocol.SyncUpdate(edit("hi")))
+    assert alice.updates() == []
+    assert len(bob.updates()) == 1
+    assert late.updates() == []
+    assert [(r, k) for r, k, _ in bus.published] == [("r", Kind.UPDATE)]
+    await store.flush()
+    assert crdt.document_from((await store.load("r")).updates).text() == "hi"
+
+
+async def test_the_broadcast_is_what_the_engine_produced_not_the_clients_bytes(store: Store) -> None:
+    room = Room("r", store, RecordingBus(), durable_acks=False)
+    alice, bob = joined(room), joined(room)
+    raw = edit("x") + b"\x00junk"  # trailing bytes the decoder ignores
+    room.receive(alice, protocol.SyncUpdate(raw))
+    assert room.doc.text() == "x"
+    [forwarded] = bob.updates()
+    assert forwarded != raw and b"junk" not in forwarded
+
+
+async def test_a_duplicate_is_neither_broadcast_nor_stored(store: Store) -> None:
+    bus = RecordingBus()
+    room = Room("r", store, bus, durable_acks=False)
+    alice, bob = joined(room), joined(room)
+    update = edit("once")
+    room.receive(alice, protocol.SyncUpdate(update))
+    room.receive(alice, protocol.SyncUpdate(update))
+    room.receive(bob, protocol.SyncStep2(update))
+    await store.flush()
+    assert len(bob.updates()) == 1 and len(bus.published) == 1
+    assert len((await store.load("r")).updates) == 1
+
+
+async def test_invalid_updates_raise_and_change_nothing(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    alice = joined(room)
+    room.receive(alice, protocol.SyncUpdate(edit("keep")))
+    for junk in (b"\x01", b"\xff\xff\xff", b"garbage!"):
+        with pytest.raises(crdt.InvalidUpdate):
+            room.receive(alice, protocol.SyncUpdate(junk))
+    with pytest.raises(crdt.InvalidUpdate):
+        room.receive(alice, protocol.SyncStep1(b"\x05\x01"))
+    assert room.doc.text() == "keep"
+
+
+async def test_acks_follow_the_commit_in_order_including_duplicates(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    alice = joined(room)
+    first, second = edit("a"), edit("b")
+    room.receive(alice, protocol.SyncUpdate(first))
+    room.receive(alice, protocol.SyncUpdate(first))  # duplicate: acked with its content
+    room.receive(alice, protocol.SyncUpdate(second))
+    assert alice.updates() == []  # nothing before the commit
+    await store.flush()
+    await asyncio.sleep(0)  # let the commit callbacks run
+    acks = alice.updates()
+    assert len(acks) == 3
+    assert crdt.document_from([acks[0]]).text() == "a"
+    assert crdt.document_from([acks[1]]).text() == "a"
+    assert crdt.document_from([acks[2]]).text() == "b"
+
+
+async def test_leaving_removes_the_peers_presence_for_everyone(store: Store) -> None:
+    bus = RecordingBus()
+    room = Room("r", store, bus)
+    alice, bob = joined(room), joined(room)
+    state = AwarenessEntry(42, 3, '{"user":{"name":"Alice"}}')
+    room.receive(alice, protocol.AwarenessUpdate(protocol.encode_awareness_payload([state])))
+    # Echoed to the sender too (it keeps the stock client's socket alive).
+    for peer in (alice, bob):
+        last = peer.sent[-1]
+        assert isinstance(last, protocol.AwarenessUpdate)
+        assert protocol.decode_awareness_payload(last.payload) == [state]
+    newcomer = RecordingPeer()
+    room.join(newcomer)
+    assert protocol.decode_awareness_payload(newcomer.sent[1].payload) == [state]  # type: ignore[union-attr]
+    room.leave(alice)
+    removal = protocol.decode_awareness_payload(bob.sent[-1].payload)  # type: ignore[union-attr]
+    assert removal == [AwarenessEntry(42, 4, "null")]
+    assert room.presence == {}
+    assert bus.published[-1][1] is Kind.AWARENESS
+
+
+async def test_stale_awareness_and_bad_json_are_refused(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    alice = joined(room)
+    fresh = AwarenessEntry(7, 5, '{"a":1}')
+    room.receive(alice, protocol.AwarenessUpdate(protocol.encode_awareness_payload([fresh])))
+    stale = AwarenessEntry(7, 4, '{"a":0}')
+    room.receive(alice, protocol.AwarenessUpdate(protocol.encode_awareness_payload([stale])))
+    assert room.presence[7].entry == fresh
+    for bad in ("{not json", "NaN"):
+        payload = protocol.encode_awareness_payload([AwarenessEntry(7, 9, bad)])
+        with pytest.raises(protocol.ProtocolError):
+            room.receive(alice, protocol.AwarenessUpdate(payload))
+    assert room.presence[7].entry == fresh
+
+
+async def test_query_awareness_is_answered(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    alice = joined(room)
+    entry = AwarenessEntry(1, 1, '{"x":true}')
+    room.receive(alice, protocol.AwarenessUpdate(protocol.encode_awareness_payload([entry])))
+    room.receive(alice, protocol.QueryAwareness())
+    assert protocol.decode_awareness_payload(alice.sent[-1].payload) == [entry]  # type: ignore[union-attr]
+
+
+async def test_bus_messages_are_applied_locally_and_never_republished(store: Store) -> None:
+    bus = RecordingBus()
+    room = Room("r", store, bus)
+    bob = joined(room)
+    room.on_bus_message(BusMessage("r", Kind.UPDATE, edit("remote")))
+    room.on_bus_message(BusMessage("r", Kind.UPDATE, b"\x01broken"))  # ignored, logged
+    assert room.doc.text() == "remote" and len(bob.updates()) == 1
+    assert bus.published == []
+    await store.flush()
+    assert (await store.load("r")).updates == []  # the publishing instance stored it
+
+
+async def test_remote_presence_expires_when_no_longer_renewed(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    bob = joined(room)
+    payload = protocol.encode_awareness_payload([AwarenessEntry(9, 1, '{"n":1}')])
+    room.on_bus_message(BusMessage("r", Kind.AWARENESS, payload))
+    assert 9 in room.presence
+    room.expire_remote_presence(now=room.presence[9].heard_at + 10)
+    assert 9 in room.presence
+    room.expire_remote_presence(now=room.presence[9].heard_at + 31)
+    assert 9 not in room.presence
+    assert protocol.decode_awareness_payload(bob.sent[-1].payload)[0].is_removal  # type: ignore[union-attr]
+
+
+async def test_concurrent_joins_load_the_room_once(store: Store) -> None:
+    store.append("r", edit("stored"))
+    await store.flush()
+    loads = 0
+    original = store.load
+
+    async def counting_load(name: str):  # type: ignore[no-untyped-def]
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.01)
+        return await original(name)
+
+    store.load = counting_load  # type: ignore[method-assign]
+    rooms = Rooms(store, LocalBus(), idle_seconds=0)
+    peers = [RecordingPeer() for _ in range(50)]
+    joined_rooms = await asyncio.gather(*(rooms.join("r", p) for p in peers))
+    assert loads == 1 and len({id(r) for r in joined_rooms}) == 1
+    assert joined_rooms[0].doc.text() == "stored"
+
+
+async def test_an_idle_room_is_flushed_compacted_and_evicted(store: Store) -> None:
+    rooms = Rooms(store, LocalBus(), idle_seconds=0.01)
+    peer = RecordingPeer()
+    room = await rooms.join("r", peer)
+    for word in ("a", "b", "c"):
+        room.receive(peer, protocol.SyncUpdate(edit(word)))
+    rooms.leave(room, peer)
+    await asyncio.wait_for(_until(lambda: "r" not in rooms.rooms), 5)
+    stored = await store.load("r")
+    assert len(stored.updates) == 1  # compacted into one snapshot
+    assert sorted(crdt.document_from(stored.updates).text()) == ["a", "b", "c"]
+    again = await rooms.join("r", RecordingPeer())
+    assert again is not room and sorted(again.doc.text()) == ["a", "b", "c"]
+
+
+async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
+    while not predicate():
+        await asyncio.sleep(0.005)

@@ -1,0 +1,155 @@
+"""The stores' shared semantics, on real SQLite files and the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from collab import crdt
+from collab.store import Store, UnsupportedStore, open_store
+from collab.store.sqlite import SQLiteStore
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    url = f"sqlite:///{tmp_path / 'db' / 'collab.db'}" if request.param == "sqlite" else "memory://"
+    store = open_store(url, commit_window=0.002, compact_threshold=10_000)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def typing_updates(count: int, seed: int = 1) -> tuple[list[bytes], str]:
+    """Updates of one author typing and deleting, and the text they produce."""
+    rng = random.Random(seed)
+    doc = crdt.Document()
+    updates = []
+    for i in range(count):
+        text = doc.text()
+        if text and rng.random() < 0.3:
+            update = doc.edit_text(rng.randrange(len(text)), delete=1)
+        else:
+            update = doc.edit_text(rng.randint(0, len(text)), insert=f"{i % 10}")
+        assert update is not None
+        updates.append(update)
+    return updates, doc.text()
+
+
+def text_of(updates: list[bytes]) -> str:
+    return crdt.document_from(updates).text()
+
+
+async def test_append_resolves_with_increasing_positions_and_loads_back(store: Store) -> None:
+    updates, text = typing_updates(50)
+    positions = await asyncio.gather(*(store.append("doc", u) for u in updates))
+    assert positions == sorted(positions) and len(set(positions)) == 50
+    stored = await store.load("doc")
+    assert text_of(stored.updates) == text
+    assert stored.position == positions[-1]
+    assert (await store.load("other")).updates == []
+
+
+async def test_documents_are_isolated(store: Store) -> None:
+    a, text_a = typing_updates(5, seed=1)
+    b, text_b = typing_updates(5, seed=2)
+    await asyncio.gather(*(store.append("a", u) for u in a), *(store.append("b", u) for u in b))
+    assert text_of((await store.load("a")).updates) == text_a
+    assert text_of((await store.load("b")).updates) == text_b
+    assert await store.names() == ["a", "b"]
+
+
+async def test_compaction_folds_the_log_into_one_snapshot(store: Store) -> None:
+    updates, text = typing_updates(40)
+    for update in updates:
+        store.append("doc", update)
+    await store.flush()
+    before = await store.load("doc")
+    assert await store.compact("doc") is True
+    after = await store.load("doc")
+    assert len(after.updates) == 1 and text_of(after.updates) == text
+    assert after.position == before.position
+    assert await store.compact("doc") is False  # nothing left to fold
+
+
+async def test_compaction_racing_with_appends_loses_nothing(store: Store) -> None:
+    updates, text = typing_updates(300, seed=7)
+
+    async def writer() -> None:
+        for i, update in enumerate(updates):
+            store.append("doc", update)
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+
+    async def compactor() -> int:
+        swaps = 0
+        for _ in range(25):
+            swaps += await store.compact("doc")
+            await asyncio.sleep(0.001)
+        return swaps
+
+    _, swaps = await asyncio.gather(writer(), compactor())
+    await store.flush()
+    await store.compact("doc")
+    assert swaps > 0
+    assert text_of((await store.load("doc")).updates) == text
+
+
+async def test_a_stale_compaction_is_refused(store: Store) -> None:
+    updates, text = typing_updates(10)
+    for update in updates[:5]:
+        store.append("doc", update)
+    await store.flush()
+    stale = await store._read_log("doc")
+    for update in updates[5:]:
+        store.append("doc", update)
+    await store.flush()
+    assert await store.compact("doc") is True
+    # A compactor that read before the swap must not overwrite the newer snapshot.
+    assert await store._swap_snapshot("doc", stale.version, crdt.merge(stale.updates), stale.positions) is False
+    assert text_of((await store.load("doc")).updates) == text
+
+
+async def test_automatic_compaction_past_the_threshold(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db", commit_window=0.001, compact_threshold=20)
+    await store.open()
+    updates, text = typing_updates(45)
+    for update in updates:
+        await store.append("doc", update)
+    await store.close()  # waits for compactions it started
+    reopened = SQLiteStore(tmp_path / "c.db")
+    await reopened.open()
+    stored = await reopened.load("doc")
+    await reopened.close()
+    assert len(stored.updates) < 45 and text_of(stored.updates) == text
+
+
+async def test_sqlite_is_durable_across_reopen_and_close_flushes(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    store = SQLiteStore(path, commit_window=0.05)
+    await store.open()
+    updates, text = typing_updates(20)
+    futures = [store.append("doc", u) for u in updates]
+    await store.close()  # inside the commit window: close must still commit everything
+    assert all(f.done() and not f.exception() for f in futures)
+    reopened = SQLiteStore(path)
+    await reopened.open()
+    assert text_of((await reopened.load("doc")).updates) == text
+    await reopened.close()
+
+
+async def test_append_after_close_fails_clearly(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "e.db")
+    await store.open()
+    await store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.append("doc", b"\x00\x00")
+
+
+def test_unknown_store_urls_are_refused() -> None:
+    for url in ("mysql://x", "sqlite:///", "./data.db"):
+        with pytest.raises(UnsupportedStore):
+            open_store(url)

@@ -1,0 +1,38 @@
+// Short readable names for people and documents, and a colour for each person.
+
+const ADJECTIVES = [
+  'amber', 'brisk', 'calm', 'clever', 'coral', 'dapper', 'eager', 'fancy', 'gentle', 'golden',
+  'happy', 'jolly', 'keen', 'lively', 'lucky', 'mellow', 'merry', 'misty', 'noble', 'olive',
+  'plucky', 'quiet', 'rapid', 'rosy', 'rustic', 'silver', 'sunny', 'swift', 'tidy', 'witty'
+]
+const ANIMALS = [
+  'badger', 'beaver', 'bison', 'crane', 'dolphin', 'falcon', 'ferret', 'finch', 'fox', 'gecko',
+  'heron', 'ibis', 'koala', 'lemur', 'lynx', 'marten', 'moose', 'newt', 'otter', 'owl',
+  'panda', 'puffin', 'quail', 'raven', 'seal', 'stoat', 'swan', 'tapir', 'walrus', 'wren'
+]
+
+// Readable on white and on dark backgrounds; each has a translucent variant for selections.
+export const COLOURS = [
+  '#e5484d', '#f76b15', '#d6a000', '#30a46c', '#12a594', '#0090ff', '#3e63dd', '#8e4ec6',
+  '#d6409f', '#978365'
+]
+
+const pick = (list) => list[Math.floor(Math.random() * list.length)]
+
+const capitalise = (word) => word.charAt(0).toUpperCase() + word.slice(1)
+
+export const randomDocumentName = () =>
+  `${pick(ADJECTIVES)}-${pick(ANIMALS)}-${Math.floor(Math.random() * 90) + 10}`
+
+export const randomPersonName = () => `${capitalise(pick(ADJECTIVES))} ${capitalise(pick(ANIMALS))}`
+
+export const randomColour = () => pick(COLOURS)
+
+/** `#rrggbb` → the same colour at ~20% opacity, for other people's selections. */
+export const lightColour = (colour) => `${colour}33`
+
+export const initials = (name) => {
+  const parts = name.trim().split(/\s+/).filter(Boolean)
+  if (parts.length === 0) return '?'
+  return (parts[0][0] + (parts.length > 1 ? parts[parts.length - 1][0] : '')).toUpperCase()
+}
