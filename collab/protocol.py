@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Union
 
 MSG_SYNC = 0
 MSG_AWARENESS = 1
@@ -131,7 +130,7 @@ class Auth:
     reason: str
 
 
-Message = Union[SyncStep1, SyncStep2, SyncUpdate, AwarenessUpdate, QueryAwareness, Auth]
+Message = SyncStep1 | SyncStep2 | SyncUpdate | AwarenessUpdate | QueryAwareness | Auth
 
 
 def decode_message(data: bytes) -> Message:

@@ -59,6 +59,7 @@ class Room:
         self.peers: set[Peer] = set()
         self.presence: dict[int, PresenceState] = {}
         self.updates_applied = 0
+        self._catching_up: asyncio.Task[None] | None = None
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -202,7 +203,8 @@ class Room:
             log.warning("room %r: ignoring a bad bus message: %s", self.name, exc)
 
     def on_bus_gap(self) -> None:
-        asyncio.ensure_future(self._catch_up_quietly())
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.create_task(self._catch_up_quietly())
 
     async def _catch_up_quietly(self) -> None:
         try:

@@ -58,7 +58,8 @@ class Rooms:
         if loading is None:
             loading = asyncio.get_running_loop().create_future()
             self._loading[name] = loading
-            asyncio.create_task(self._load(name, loading))
+            task = asyncio.create_task(self._load(name, loading))
+            loading.add_done_callback(lambda _f, keep=task: keep)  # hold a reference until done
         return await asyncio.shield(loading)
 
     async def _load(self, name: str, loading: asyncio.Future[Room]) -> None:

@@ -26,6 +26,7 @@ class PyClient:
         self._ws: websockets.ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._pending_sends: set[asyncio.Future[None]] = set()
 
     async def start(self, timeout: float = 10.0) -> PyClient:
         self._task = asyncio.create_task(self._run())
@@ -60,7 +61,9 @@ class PyClient:
         message = protocol.decode_message(frame)
         self.received.append(message)
         if isinstance(message, protocol.SyncStep1):
-            asyncio.ensure_future(ws.send(protocol.encode_sync_step2(self.doc.diff(message.state_vector))))
+            reply = protocol.encode_sync_step2(self.doc.diff(message.state_vector))
+            self._pending_sends.add(task := asyncio.ensure_future(ws.send(reply)))
+            task.add_done_callback(self._pending_sends.discard)
         elif isinstance(message, protocol.SyncStep2):
             self.doc.apply(message.update)
             self.synced.set()

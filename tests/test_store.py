@@ -109,7 +109,8 @@ async def test_a_stale_compaction_is_refused(store: Store) -> None:
     await store.flush()
     assert await store.compact("doc") is True
     # A compactor that read before the swap must not overwrite the newer snapshot.
-    assert await store._swap_snapshot("doc", stale.version, crdt.merge(stale.updates), stale.positions) is False
+    merged = crdt.merge(stale.updates)
+    assert await store._swap_snapshot("doc", stale.version, merged, stale.positions) is False
     assert text_of((await store.load("doc")).updates) == text
 
 

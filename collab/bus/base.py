@@ -32,10 +32,10 @@ OnGap = Callable[[], None]
 
 
 class Bus(ABC):
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect. A bus that cannot connect yet keeps trying in the background."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Disconnect and drop every subscription."""
 
     @abstractmethod

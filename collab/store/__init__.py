@@ -6,7 +6,7 @@ from typing import Any
 
 from collab.store.base import Store, StoredDocument
 
-__all__ = ["Store", "StoredDocument", "open_store", "UnsupportedStore"]
+__all__ = ["Store", "StoredDocument", "UnsupportedStore", "open_store"]
 
 
 class UnsupportedStore(ValueError):

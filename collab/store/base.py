@@ -175,7 +175,7 @@ class Store(ABC):
                     pending.done.set_exception(exc)
                     pending.done.exception()  # mark retrieved: the clients still hold the data
             return
-        for pending, position in zip(batch, positions):
+        for pending, position in zip(batch, positions, strict=True):
             if not pending.done.done():
                 pending.done.set_result(position)
             self._since_compaction[pending.name] += 1

@@ -100,7 +100,8 @@ class SQLiteStore(Store):
             db.execute("BEGIN")  # one read snapshot for both tables
             try:
                 row = db.execute("SELECT data, position FROM snapshots WHERE doc = ?", (name,)).fetchone()
-                rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq", (name,)).fetchall()
+                rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq",
+                                  (name,)).fetchall()
             finally:
                 db.execute("COMMIT")
             stored = StoredDocument()
@@ -121,7 +122,8 @@ class SQLiteStore(Store):
             db.execute("BEGIN")
             try:
                 row = db.execute("SELECT data, version FROM snapshots WHERE doc = ?", (name,)).fetchone()
-                rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq", (name,)).fetchall()
+                rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq",
+                                  (name,)).fetchall()
             finally:
                 db.execute("COMMIT")
             return LogSlice(

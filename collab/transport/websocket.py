@@ -8,6 +8,7 @@ its own writer task, so a slow client is disconnected instead of buffered withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -204,7 +205,5 @@ async def _finish(peer: WebSocketPeer) -> None:
             pass
     if peer.websocket.application_state == WebSocketState.CONNECTED and peer.close_request:
         code, reason = peer.close_request
-        try:
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(peer.websocket.close(code, reason), 2.0)
-        except (asyncio.TimeoutError, Exception):
-            pass
