@@ -22,6 +22,8 @@ from collab.store import Store, StoredDocument
 
 log = logging.getLogger("collab.room")
 
+EMPTY_STATE_VECTOR = b"\x00"
+
 REMOTE_AWARENESS_TIMEOUT = 30.0
 """Presence heard from another instance that is not renewed within this time is dropped
 (stock clients renew theirs every 15 s; the same timeout they apply)."""
@@ -60,6 +62,7 @@ class Room:
         self.presence: dict[int, PresenceState] = {}
         self.updates_applied = 0
         self._catching_up: asyncio.Task[None] | None = None
+        self._full_step2: bytes | None = None
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -76,7 +79,7 @@ class Room:
         stored = await self.store.load(self.name)
         for update in stored.updates:
             try:
-                produced = self.doc.apply(update)
+                produced = self._apply(update)
             except crdt.InvalidUpdate:
                 continue
             if produced is not None:
@@ -112,7 +115,7 @@ class Room:
         if isinstance(message, (protocol.SyncUpdate, protocol.SyncStep2)):
             self._receive_update(peer, message.update)
         elif isinstance(message, protocol.SyncStep1):
-            peer.send(protocol.encode_sync_step2(self.doc.diff(message.state_vector)))
+            peer.send(self._step2_for(message.state_vector))
             peer.synced = True
         elif isinstance(message, protocol.AwarenessUpdate):
             self._receive_awareness(peer, message.payload)
@@ -120,8 +123,23 @@ class Room:
             peer.send(self._presence_frame())
         # Auth messages from a client carry nothing the server acts on.
 
-    def _receive_update(self, peer: Peer, update: bytes) -> None:
+    def _apply(self, update: bytes) -> bytes | None:
         produced = self.doc.apply(update)
+        if produced is not None:
+            self._full_step2 = None
+        return produced
+
+    def _step2_for(self, state_vector: bytes) -> bytes:
+        """The answer to a step 1. Most joiners have nothing yet, so the answer for an empty
+        state vector is encoded once per document version and shared (join storms)."""
+        if state_vector != EMPTY_STATE_VECTOR:
+            return protocol.encode_sync_step2(self.doc.diff(state_vector))
+        if self._full_step2 is None:
+            self._full_step2 = protocol.encode_sync_step2(self.doc.full_state())
+        return self._full_step2
+
+    def _receive_update(self, peer: Peer, update: bytes) -> None:
+        produced = self._apply(update)
         if produced is None:
             if self.durable_acks and self.doc.covers(update):
                 self._ack(peer, self.store.committed(), protocol.encode_sync_update(crdt.merge([update])))
@@ -190,7 +208,7 @@ class Room:
         """Apply and broadcast locally; never re-published, never stored (the publisher did)."""
         try:
             if message.kind is Kind.UPDATE:
-                produced = self.doc.apply(message.payload)
+                produced = self._apply(message.payload)
                 if produced is not None:
                     self._broadcast(protocol.encode_sync_update(produced), exclude=None)
             elif message.kind is Kind.AWARENESS:

@@ -254,3 +254,14 @@ async def test_an_idle_room_is_flushed_compacted_and_evicted(store: Store) -> No
 async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
     while not predicate():
         await asyncio.sleep(0.005)
+
+
+async def test_the_shared_answer_to_empty_joiners_follows_every_change(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    writer = joined(room)
+    room.receive(writer, protocol.SyncUpdate(edit("one ")))
+    first = joined(room)
+    room.on_bus_message(BusMessage("r", Kind.UPDATE, edit("two ")))
+    second = joined(room)
+    texts = [crdt.document_from([p.sent[1].update]).text() for p in (first, second)]  # type: ignore[union-attr]
+    assert texts[0] == "one " and sorted(texts[1].split()) == ["one", "two"]
