@@ -29,7 +29,8 @@ def need_node() -> str:
     if node is None:
         require_service("Node.js", "the node binary is not on PATH")
     if not (JS_DIR / "node_modules" / "y-websocket").is_dir():
-        require_service("npm test clients", "tests/js/node_modules is missing: run `npm ci --prefix tests/js`")
+        require_service("npm test clients",
+                        "tests/js/node_modules is missing: run `npm ci --prefix tests/js`")
     assert node is not None
     return node
 
