@@ -18,6 +18,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 try:
@@ -215,9 +216,9 @@ class WebSocket(asyncio.Protocol):
         self.bytes_received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(handshake_request(self._host, self._path, self._key, deflate=self._offer_deflate))
+        self.transport = cast(asyncio.Transport, transport)
+        request = handshake_request(self._host, self._path, self._key, deflate=self._offer_deflate)
+        self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
