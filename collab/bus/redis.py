@@ -130,6 +130,7 @@ class RedisBus(Bus):
         self._prefix = channel_prefix.encode()
         self._pool = ConnectionPool.from_url(
             url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0),
+            protocol=2,  # RESP2: pub/sub messages come back as replies, not via push handlers
         )
         self._rooms: dict[str, tuple[OnMessage, OnGap]] = {}
         self._tracker = SequenceTracker()
