@@ -188,6 +188,14 @@ const renderPeople = (awareness) => {
   box.dataset.count = String(people.length)
 }
 
+/** Lets a reload during an outage bring the page back (the edits come from IndexedDB). */
+const registerServiceWorker = () => {
+  if (!('serviceWorker' in navigator) || !window.isSecureContext) return
+  navigator.serviceWorker.register('/sw.js', { scope: '/' }).catch((err) => {
+    console.warn('collab: no offline page (service worker not registered):', err.message)
+  })
+}
+
 // --- start ------------------------------------------------------------------------------------
 
 const main = async () => {
@@ -248,6 +256,7 @@ const main = async () => {
     removeAwarenessStates(awareness, [doc.clientID], 'window unload')
   })
 
+  registerServiceWorker()
   view.focus()
   // A handle for tests and for the curious; nothing in the page depends on it.
   window.collab = { room, doc, ytext, awareness, provider, confirmations, view }
