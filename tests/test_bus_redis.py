@@ -11,7 +11,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from collab.bus import BusMessage, Kind, open_bus
-from collab.bus.redis import BadFrame, RedisBus, SequenceTracker, decode_frame, encode_frame
+from collab.bus.redis import (
+    AWARENESS,
+    COMMITTED,
+    MARKER,
+    UPDATE,
+    BadFrame,
+    HeldUpdates,
+    RedisBus,
+    SequenceTracker,
+    committed_seq,
+    decode_frame,
+    encode_frame,
+)
+from collab.protocol import write_var_uint
 from tests.services import REDIS_URL, free_port, need_redis
 
 # --- sans-I/O -----------------------------------------------------------------------------
@@ -19,20 +32,38 @@ from tests.services import REDIS_URL, free_port, need_redis
 
 def test_frame_round_trip_is_compact() -> None:
     payload = bytes(range(256))
-    frame = encode_frame(b"abc123", 300, Kind.UPDATE, payload)
+    frame = encode_frame(b"abc123", 300, UPDATE, payload)
     assert len(frame) == 1 + 1 + 6 + 2 + len(payload)
     decoded = decode_frame(frame)
     assert (decoded.publisher, decoded.seq, decoded.kind) == (b"abc123", 300, Kind.UPDATE)
     assert decoded.payload == payload
-    marker = decode_frame(encode_frame(b"x", 1, None))
+    marker = decode_frame(encode_frame(b"x", 1, MARKER))
     assert marker.kind is None and marker.payload == b""
-    assert decode_frame(encode_frame(b"x", 2, Kind.AWARENESS, b"\x01")).kind is Kind.AWARENESS
+    assert decode_frame(encode_frame(b"x", 2, AWARENESS, b"\x01")).kind is Kind.AWARENESS
+    commit = decode_frame(encode_frame(b"x", 3, COMMITTED, write_var_uint(2)))
+    assert commit.kind is None and committed_seq(commit) == 2
 
 
 @pytest.mark.parametrize("data", [b"", b"\x20\x01x\x01", b"\x1f\x01x\x01", b"\x11\x05ab", b"\x11\x01x\xff"])
 def test_bad_frames_are_refused(data: bytes) -> None:
     with pytest.raises(BadFrame):
         decode_frame(data)
+
+
+def test_held_updates_confirm_expire_and_overflow() -> None:
+    held = HeldUpdates(timeout=1.0, limit=3)
+    assert held.hold("r", b"p", 1, b"u1", now=0.0) == []
+    held.hold("r", b"p", 2, b"u2", now=0.5)
+    held.hold("r", b"q", 7, b"q7", now=0.5)
+    held.confirm("r", b"p", 1)
+    assert held.expired(now=1.2) == []  # u1 confirmed; u2 and q7 not overdue yet
+    assert sorted(held.expired(now=1.6)) == [("r", b"q7"), ("r", b"u2")]
+    for seq in range(3, 7):
+        overflow = held.hold("r", b"p", seq, f"u{seq}".encode(), now=2.0)
+    assert overflow == [b"u3"]
+    held.confirm("r", b"p", 5)
+    assert held.release("r") == [b"u6"]
+    assert held.expired(now=100.0) == []
 
 
 def test_sequence_tracker_reports_skips_and_restarts() -> None:
@@ -160,15 +191,15 @@ async def test_skipped_sequence_number_fires_on_gap(make_bus: Callable[..., Redi
     await b.subscribe("r", lb.on_message, lb.on_gap)
     await lb.gap()
     channel = b"".join([b._prefix, b"r"])
-    await admin.publish(channel, encode_frame(b"ghost", 1, Kind.UPDATE, b"one"))
-    await admin.publish(channel, encode_frame(b"ghost", 3, Kind.UPDATE, b"three"))
+    await admin.publish(channel, encode_frame(b"ghost", 1, UPDATE, b"one"))
+    await admin.publish(channel, encode_frame(b"ghost", 3, UPDATE, b"three"))
     await admin.publish(channel, b"garbage")
     assert (await lb.next()).payload == b"one"
     assert (await lb.next()).payload == b"three"
     await lb.gap()
     assert b.stats.gaps == 1
-    await admin.publish(channel, encode_frame(b"ghost", 4, None))  # a marker is never delivered
-    await admin.publish(channel, encode_frame(b"ghost", 5, Kind.UPDATE, b"five"))
+    await admin.publish(channel, encode_frame(b"ghost", 4, MARKER))  # a marker is never delivered
+    await admin.publish(channel, encode_frame(b"ghost", 5, UPDATE, b"five"))
     assert (await lb.next()).payload == b"five"
     assert b.stats.gaps == 1 and b.stats.malformed == 1
 
@@ -218,3 +249,32 @@ async def test_publish_never_blocks_or_raises_without_redis() -> None:
     finally:
         await asyncio.wait_for(bus.close(), 5)
     assert bus.stats.dropped == 1000
+
+
+@pytest.mark.redis
+async def test_unconfirmed_updates_are_handed_over(make_bus: Callable[..., RedisBus]) -> None:
+    """An update whose publisher never confirms its commit (it died, or its store failed) is
+    handed to the receivers to store; confirmed ones are not."""
+    a, b = make_bus(confirm_timeout=0.3), make_bus(confirm_timeout=0.3)
+    await asyncio.gather(a.open(), b.open())
+    la, lb = Listener(), Listener()
+    handed: asyncio.Queue[bytes] = asyncio.Queue()
+    await a.subscribe("h", la.on_message, la.on_gap)
+    await b.subscribe("h", lb.on_message, lb.on_gap, handed.put_nowait)
+    loop = asyncio.get_running_loop()
+    stored: asyncio.Future[int] = loop.create_future()
+    failed: asyncio.Future[int] = loop.create_future()
+    never: asyncio.Future[int] = loop.create_future()
+    a.publish("h", Kind.UPDATE, b"stored", durable=stored)
+    a.publish("h", Kind.UPDATE, b"failed", durable=failed)
+    a.publish("h", Kind.UPDATE, b"never", durable=never)
+    a.publish("h", Kind.UPDATE, b"plain")  # no future: nothing to confirm, nothing held
+    stored.set_result(1)
+    failed.set_exception(ConnectionError("database down"))
+    failed.exception()
+    assert [(await lb.next()).payload for _ in range(4)] == [b"stored", b"failed", b"never", b"plain"]
+    first = await asyncio.wait_for(handed.get(), 5)
+    second = await asyncio.wait_for(handed.get(), 5)
+    assert sorted([first, second]) == [b"failed", b"never"]
+    assert handed.empty() and b.stats.handed_over == 2
+    never.cancel()

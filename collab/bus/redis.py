@@ -17,6 +17,15 @@ other instances see the skip and catch up even if that room goes quiet.
 
 ``on_gap`` fires ``settle_delay`` seconds after the event (coalesced per room): a dropped
 update is published before it is committed, so an immediate reload could miss it.
+
+Handoff of uncommitted updates: an update is broadcast before its publisher commits it. If the
+publisher dies inside its commit window, the other instances already hold the update, so a
+client that reconnects to them has nothing to resend, and the update would exist only in
+memory. So when ``publish`` is given the store's commit future, the frame is marked as awaiting
+commit and the publisher later sends a small ``committed up to seq N`` frame. Receivers that
+subscribed with ``on_unconfirmed`` keep such updates until confirmed; any still unconfirmed
+after ``confirm_timeout`` is handed to ``on_unconfirmed`` so the receiver stores it itself
+(duplicates in the log are harmless).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +48,19 @@ from collab.protocol import read_var_bytes, read_var_uint, write_var_bytes, writ
 
 log = logging.getLogger("collab.bus.redis")
 
+OnUnconfirmed = Callable[[bytes], None]
+
 WIRE_VERSION = 1
 MARKER = 0
-_KIND_CODES = {Kind.UPDATE: 1, Kind.AWARENESS: 2}
-_CODE_KINDS = {code: kind for kind, code in _KIND_CODES.items()}
+"""Only advances the sequence (sent after dropped messages, so receivers see the skip)."""
+UPDATE = 1
+AWARENESS = 2
+HELD_UPDATE = 3
+"""An update whose publisher will confirm its commit with a COMMITTED frame."""
+COMMITTED = 4
+"""Payload: varuint N; every HELD_UPDATE of this publisher and room up to seq N is stored."""
+_CODES = {MARKER, UPDATE, AWARENESS, HELD_UPDATE, COMMITTED}
+_KIND_OF_CODE = {UPDATE: Kind.UPDATE, AWARENESS: Kind.AWARENESS, HELD_UPDATE: Kind.UPDATE}
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError, EOFError)
 
 
@@ -56,14 +75,23 @@ class BadFrame(ValueError):
 class Frame:
     publisher: bytes
     seq: int
-    kind: Kind | None
-    """None for a marker: a frame that only advances the sequence."""
+    code: int
     payload: bytes
 
+    @property
+    def kind(self) -> Kind | None:
+        """What the room receives, or None for the bus's own control frames."""
+        return _KIND_OF_CODE.get(self.code)
 
-def encode_frame(publisher: bytes, seq: int, kind: Kind | None, payload: bytes = b"") -> bytes:
-    """``[version << 4 | kind code] [varbytes publisher] [varuint seq] payload...``"""
-    code = MARKER if kind is None else _KIND_CODES[kind]
+
+def code_of(kind: Kind, *, held: bool = False) -> int:
+    if kind is Kind.UPDATE:
+        return HELD_UPDATE if held else UPDATE
+    return AWARENESS
+
+
+def encode_frame(publisher: bytes, seq: int, code: int, payload: bytes = b"") -> bytes:
+    """``[version << 4 | code] [varbytes publisher] [varuint seq] payload...``"""
     return bytes([WIRE_VERSION << 4 | code]) + write_var_bytes(publisher) + write_var_uint(seq) + payload
 
 
@@ -71,14 +99,61 @@ def decode_frame(data: bytes) -> Frame:
     if not data or data[0] >> 4 != WIRE_VERSION:
         raise BadFrame("not a version 1 bus frame")
     code = data[0] & 0x0F
-    if code != MARKER and code not in _CODE_KINDS:
-        raise BadFrame(f"unknown kind {code}")
+    if code not in _CODES:
+        raise BadFrame(f"unknown frame code {code}")
     try:
         publisher, pos = read_var_bytes(data, 1)
         seq, pos = read_var_uint(data, pos)
     except ValueError as exc:
         raise BadFrame(str(exc)) from exc
-    return Frame(publisher, seq, _CODE_KINDS.get(code), bytes(data[pos:]))
+    return Frame(publisher, seq, code, bytes(data[pos:]))
+
+
+def committed_seq(frame: Frame) -> int:
+    try:
+        seq, end = read_var_uint(frame.payload, 0)
+    except ValueError as exc:
+        raise BadFrame(str(exc)) from exc
+    if end != len(frame.payload):
+        raise BadFrame("bytes after the committed sequence number")
+    return seq
+
+
+class HeldUpdates:
+    """Updates heard from other instances and not yet confirmed stored by their publisher."""
+
+    def __init__(self, timeout: float, limit: int = 10_000) -> None:
+        self.timeout = timeout
+        self.limit = limit
+        self._held: dict[str, dict[bytes, deque[tuple[int, float, bytes]]]] = {}
+
+    def hold(self, room: str, publisher: bytes, seq: int, update: bytes, now: float) -> list[bytes]:
+        """Keep ``update``; returns those pushed out by the limit (treat them as unconfirmed)."""
+        queue = self._held.setdefault(room, {}).setdefault(publisher, deque())
+        queue.append((seq, now + self.timeout, update))
+        overflow = []
+        while len(queue) > self.limit:
+            overflow.append(queue.popleft()[2])
+        return overflow
+
+    def confirm(self, room: str, publisher: bytes, up_to: int) -> None:
+        queue = self._held.get(room, {}).get(publisher)
+        while queue and queue[0][0] <= up_to:
+            queue.popleft()
+
+    def expired(self, now: float) -> list[tuple[str, bytes]]:
+        """Remove and return every (room, update) whose confirmation is overdue."""
+        out = []
+        for room, publishers in self._held.items():
+            for queue in publishers.values():
+                while queue and queue[0][1] <= now:
+                    out.append((room, queue.popleft()[2]))
+        return out
+
+    def release(self, room: str) -> list[bytes]:
+        """Remove and return everything held for ``room``."""
+        publishers = self._held.pop(room, {})
+        return [update for queue in publishers.values() for _seq, _deadline, update in queue]
 
 
 class SequenceTracker:
@@ -109,6 +184,7 @@ class BusStats:
     gaps: int = 0
     reconnects: int = 0
     malformed: int = 0
+    handed_over: int = 0
 
 
 # --- the I/O shell ----------------------------------------------------------------------------
@@ -118,7 +194,7 @@ class RedisBus(Bus):
     def __init__(self, url: str, *, instance_id: str, channel_prefix: str = "collab:room:",
                  settle_delay: float = 0.5, ping_interval: float = 5.0, timeout: float = 5.0,
                  max_queue_bytes: int = 32 * 1024 * 1024, max_batch: int = 256,
-                 max_backoff: float = 5.0) -> None:
+                 max_backoff: float = 5.0, confirm_timeout: float = 3.0) -> None:
         self.instance_id = instance_id
         self.settle_delay = settle_delay
         self.ping_interval = ping_interval
@@ -132,7 +208,10 @@ class RedisBus(Bus):
             url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0),
             protocol=2,  # RESP2: pub/sub messages come back as replies, not via push handlers
         )
-        self._rooms: dict[str, tuple[OnMessage, OnGap]] = {}
+        self._rooms: dict[str, tuple[OnMessage, OnGap, OnUnconfirmed | None]] = {}
+        self._held = HeldUpdates(confirm_timeout)
+        self._committed: dict[str, int] = {}
+        self._commit_flush: asyncio.Handle | None = None
         self._tracker = SequenceTracker()
         self._seq: dict[str, int] = {}
         self._settling: dict[str, asyncio.TimerHandle] = {}
@@ -154,6 +233,7 @@ class RedisBus(Bus):
         self._tasks = [
             asyncio.create_task(self._subscriber(), name="redis-bus-subscriber"),
             asyncio.create_task(self._sender(), name="redis-bus-sender"),
+            asyncio.create_task(self._sweeper(), name="redis-bus-sweeper"),
         ]
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._connected.wait(), self._pool.connection_kwargs["socket_timeout"])
@@ -171,6 +251,8 @@ class RedisBus(Bus):
         for handle in self._settling.values():
             handle.cancel()
         self._settling.clear()
+        if self._commit_flush is not None:
+            self._commit_flush.cancel()
         self._rooms.clear()
         await self._pool.disconnect()
 
@@ -188,14 +270,17 @@ class RedisBus(Bus):
             "published": self.stats.published, "dropped": self.stats.dropped,
             "received": self.stats.received, "gaps": self.stats.gaps,
             "reconnects": self.stats.reconnects, "malformed": self.stats.malformed,
+            "handed_over": self.stats.handed_over,
         }
 
     # --- the interface ----------------------------------------------------------------------
 
-    async def subscribe(self, room: str, on_message: OnMessage, on_gap: OnGap) -> None:
+    async def subscribe(self, room: str, on_message: OnMessage, on_gap: OnGap,
+                        on_unconfirmed: OnUnconfirmed | None = None) -> None:
         """Returns once Redis confirmed the subscription (or at once while disconnected: the
-        reconnection subscribes every room)."""
-        self._rooms[room] = (on_message, on_gap)
+        reconnection subscribes every room). ``on_unconfirmed(update)``: store this update,
+        its publisher never confirmed storing it (see the module docstring)."""
+        self._rooms[room] = (on_message, on_gap, on_unconfirmed)
         self._tracker.forget(room)
         channel = self._channel(room)
         sub = self._sub
@@ -212,9 +297,10 @@ class RedisBus(Bus):
         self._schedule_gap(room)
 
     async def unsubscribe(self, room: str) -> None:
-        self._rooms.pop(room, None)
+        handlers = self._rooms.pop(room, None)
         self._tracker.forget(room)
-        self._seq.pop(room, None)
+        for update in self._held.release(room):
+            self._hand_over(handlers, room, update)
         handle = self._settling.pop(room, None)
         if handle is not None:
             handle.cancel()
@@ -223,9 +309,15 @@ class RedisBus(Bus):
             with contextlib.suppress(*_FAILURES):
                 await sub.send_command("UNSUBSCRIBE", self._channel(room), check_health=False)
 
-    def publish(self, room: str, kind: Kind, payload: bytes) -> None:
+    def publish(self, room: str, kind: Kind, payload: bytes,
+                durable: asyncio.Future[Any] | None = None) -> None:
+        """``durable``: the store's commit future for this update; once it succeeds the other
+        instances are told, and they stop holding the update for a handoff."""
         try:
-            self._enqueue(room, kind, payload)
+            held = durable is not None and kind is Kind.UPDATE
+            seq = self._enqueue(room, code_of(kind, held=held), payload)
+            if held and durable is not None:
+                durable.add_done_callback(lambda done: self._on_durable(room, seq, done))
         except Exception:  # never let the bus break the caller
             self.stats.dropped += 1
             log.exception("could not queue a bus message for %r", room)
@@ -235,16 +327,31 @@ class RedisBus(Bus):
     def _channel(self, room: str) -> bytes:
         return self._prefix + room.encode("utf-8", "surrogateescape")
 
-    def _enqueue(self, room: str, kind: Kind | None, payload: bytes = b"") -> None:
+    def _enqueue(self, room: str, code: int, payload: bytes = b"") -> int:
         seq = self._seq.get(room, 0) + 1
         self._seq[room] = seq
-        frame = encode_frame(self._id, seq, kind, payload)
+        frame = encode_frame(self._id, seq, code, payload)
         if self._closing or not self._pub_ok or self._queued_bytes + len(frame) > self.max_queue_bytes:
             self._drop(room)
-            return
+            return seq
         self._queue.append((room, frame))
         self._queued_bytes += len(frame)
         self._wake.set()
+        return seq
+
+    def _on_durable(self, room: str, seq: int, done: asyncio.Future[Any]) -> None:
+        """A failed commit sends nothing: the receivers then store the update themselves."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        self._committed[room] = max(seq, self._committed.get(room, 0))
+        if self._commit_flush is None:  # one COMMITTED frame per room per loop turn
+            self._commit_flush = asyncio.get_running_loop().call_soon(self._send_commits)
+
+    def _send_commits(self) -> None:
+        self._commit_flush = None
+        committed, self._committed = self._committed, {}
+        for room, seq in committed.items():
+            self._enqueue(room, COMMITTED, write_var_uint(seq))
 
     def _drop(self, room: str) -> None:
         self.stats.dropped += 1
@@ -301,7 +408,7 @@ class RedisBus(Bus):
         dirty, self._dirty = self._dirty, set()
         for room in dirty:
             if room in self._rooms:
-                self._enqueue(room, None)
+                self._enqueue(room, MARKER)
 
     async def _command(self, conn: AbstractConnection, *commands: tuple[Any, ...]) -> None:
         await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
@@ -395,13 +502,43 @@ class RedisBus(Bus):
         if self._tracker.observe(room, frame.publisher, frame.seq):
             self.stats.gaps += 1
             self._schedule_gap(room)
-        if frame.kind is None:
+        on_message, _on_gap, on_unconfirmed = handlers
+        if frame.code == COMMITTED:
+            try:
+                self._held.confirm(room, frame.publisher, committed_seq(frame))
+            except BadFrame:
+                self.stats.malformed += 1
             return
+        kind = frame.kind
+        if kind is None:
+            return
+        if frame.code == HELD_UPDATE and on_unconfirmed is not None:
+            now = asyncio.get_running_loop().time()
+            for update in self._held.hold(room, frame.publisher, frame.seq, frame.payload, now):
+                self._hand_over(handlers, room, update)
         self.stats.received += 1
         try:
-            handlers[0](BusMessage(room, frame.kind, frame.payload))
+            on_message(BusMessage(room, kind, frame.payload))
         except Exception:
             log.exception("room %r: handling a bus message failed", room)
+
+    # --- handoff of updates nobody confirmed stored -----------------------------------------
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self._held.timeout / 4)
+            for room, update in self._held.expired(asyncio.get_running_loop().time()):
+                self._hand_over(self._rooms.get(room), room, update)
+
+    def _hand_over(self, handlers: tuple[OnMessage, OnGap, OnUnconfirmed | None] | None,
+                   room: str, update: bytes) -> None:
+        if handlers is None or handlers[2] is None:
+            return
+        self.stats.handed_over += 1
+        try:
+            handlers[2](update)
+        except Exception:
+            log.exception("room %r: storing an unconfirmed update failed", room)
 
     # --- gaps -------------------------------------------------------------------------------
 
