@@ -66,6 +66,21 @@ async def test_late_joiner_gets_whole_document(server: ServerProcess) -> None:
         assert await late.wait_synced() == full
 
 
+async def test_offline_edits_merge_on_reconnect(server: ServerProcess) -> None:
+    async with js_clients() as js:
+        online, offline = await js.start(server.ws_url, "offline"), await js.start(server.ws_url, "offline")
+        await online.append("shared start.")
+        await offline.wait_text("shared start.")
+        await offline.disconnect()
+        await offline.insert(0, "[written offline]")
+        await online.append("[written online]")
+        await online.wait_saved()
+        assert "[written online]" not in await offline.text()
+        assert "[written offline]" not in await online.text()
+        await offline.connect()
+        await converged(online, offline, tokens=("shared start.", "[written offline]", "[written online]"))
+
+
 async def test_awareness_reaches_others_and_dies_with_the_connection(server: ServerProcess) -> None:
     async with js_clients() as js:
         alice, bob = await js.start(server.ws_url, "presence"), await js.start(server.ws_url, "presence")
