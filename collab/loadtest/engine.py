@@ -24,6 +24,10 @@ from collab.loadtest.wsclient import WebSocket, connect
 
 MARKER = re.compile(rb"\[(\d{1,9}):(\d{1,12})\]")
 EMPTY_STATE_VECTOR = b"\x00"
+JUMP = 0.05
+"""Chance per edit that the writer's cursor moves to a random position."""
+BACKSPACE = 0.15
+"""Chance per edit that a few characters before the cursor are deleted first."""
 _UPDATE = bytes([protocol.MSG_SYNC, protocol.SYNC_UPDATE])
 _STEP2 = bytes([protocol.MSG_SYNC, protocol.SYNC_STEP2])
 _STEP1 = bytes([protocol.MSG_SYNC, protocol.SYNC_STEP1])
@@ -42,10 +46,8 @@ class Options:
 class Room:
     name: str
     clients: list[Client] = field(default_factory=list)
-
-    @property
-    def live(self) -> int:
-        return sum(1 for c in self.clients if c.alive)
+    live: int = 0
+    """Clients connected and synced now: each edit expects a delivery to all but its writer."""
 
 
 class Run:
@@ -90,6 +92,7 @@ class Client:
         self.pending: list[bytes] = []
         self.length = 0
         self.length_stale = False
+        self.cursor = 0
 
     async def open(self) -> None:
         self.ws = await connect(self.run.room_url(self.room.name), deflate=self.run.options.deflate,
@@ -97,10 +100,13 @@ class Client:
         self.ws.on_message = self.on_message
         self.ws.on_close = self._on_close
         self.alive = True
+        self.room.live += 1
         state_vector = self.doc.state_vector() if self.doc is not None else EMPTY_STATE_VECTOR
         self.ws.send(protocol.encode_sync_step1(state_vector))
 
     def _on_close(self, code: int, reason: str) -> None:
+        if self.alive:
+            self.room.live -= 1
         self.alive = False
         if not self.closing:
             self.run.lost_connection(code, reason)
@@ -162,7 +168,10 @@ class Client:
             self.received.append(payload)
 
     def edit(self, rng: random.Random) -> None:
-        """Type one token at a random position, sometimes deleting a few characters first."""
+        """Type one token at the cursor like a person: now and then the cursor jumps to a random
+        position, and sometimes a few characters before it are deleted first (backspace). Typing
+        at a cursor also keeps the engine's cost per edit flat, where inserting at a fresh
+        random position every time fragments the text and makes each edit slower."""
         doc = self.doc
         assert doc is not None and self.ws is not None
         if self.pending:
@@ -174,10 +183,16 @@ class Client:
             self.length_stale = False
         times = self.run.sent_at[self.writer_id]
         token = f"[{self.writer_id}:{len(times)}]"
-        pos = rng.randrange(self.length + 1)
-        delete = min(rng.randint(1, 4), self.length - pos) if self.length > 64 and rng.random() < 0.3 else 0
+        if rng.random() < JUMP or self.cursor > self.length:
+            self.cursor = rng.randrange(self.length + 1)
+        pos = self.cursor
+        delete = 0
+        if self.length > 64 and rng.random() < BACKSPACE:
+            delete = min(rng.randint(1, 4), pos)
+            pos -= delete
         update = doc.edit_text(pos, token, delete)
         self.length += len(token) - delete
+        self.cursor = pos + len(token)
         times.append(time.perf_counter())
         self.ws.send(protocol.encode_sync_update(update or crdt.EMPTY_UPDATE))
 

@@ -17,7 +17,6 @@ import struct
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -41,16 +40,15 @@ class WebSocketError(Exception):
     """The handshake failed or the peer broke the protocol."""
 
 
-@dataclass(slots=True)
 class Deflate:
     """permessage-deflate state for one connection (the parameters the server accepted)."""
 
-    client_no_context_takeover: bool = False
-    server_no_context_takeover: bool = False
-    client_max_window_bits: int = 15
-
-    def __post_init__(self) -> None:
-        self._comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.client_max_window_bits)
+    def __init__(self, client_no_context_takeover: bool = False, server_no_context_takeover: bool = False,
+                 client_max_window_bits: int = 15) -> None:
+        self.client_no_context_takeover = client_no_context_takeover
+        self.server_no_context_takeover = server_no_context_takeover
+        self.client_max_window_bits = client_max_window_bits
+        self._comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -client_max_window_bits)
         self._decomp = zlib.decompressobj(-15)
 
     def compress(self, data: bytes) -> bytes:
