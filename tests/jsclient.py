@@ -95,6 +95,9 @@ class JsClient:
 
     async def call(self, cmd: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
         """Send one command and return its reply; raises JsClientError on failure."""
+        if self._reader.done():
+            raise JsClientError(f"{self.label} has exited ({self.process.returncode}); cannot {cmd}: "
+                                f"{self.stderr()}")
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[request_id] = future

@@ -152,18 +152,23 @@ async def test_documents_are_isolated(server: ServerProcess) -> None:
         assert await two.text() == "only in two"
 
 
-async def test_encoded_slash_names_another_document(server: ServerProcess) -> None:
+@pytest.mark.parametrize(("first", "second"), [
+    pytest.param("a/b", "a%2Fb", id="slash and encoded slash"),
+    pytest.param("caf\u00e9", "cafe\u0301", id="two Unicode spellings"),
+])
+async def test_names_that_decode_alike_are_different_documents(
+        server: ServerProcess, first: str, second: str) -> None:
     async with js_clients() as js:
-        slash, encoded = await js.start(server.ws_url, "a/b"), await js.start(server.ws_url, "a%2Fb")
-        await slash.wait_synced()
-        await encoded.wait_synced()
-        await slash.append("slash")
-        await encoded.append("percent")
-        await slash.wait_saved()
-        await encoded.wait_saved()
-        assert await (await js.start(server.ws_url, "a/b")).wait_text(equals="slash") == "slash"
-        assert await (await js.start(server.ws_url, "a%2Fb")).wait_text(equals="percent") == "percent"
-        assert await slash.text() == "slash"
+        one, two = await js.start(server.ws_url, first), await js.start(server.ws_url, second)
+        await one.wait_synced()
+        await two.wait_synced()
+        await one.append("first")
+        await two.append("second")
+        await one.wait_saved()
+        await two.wait_saved()
+        assert await (await js.start(server.ws_url, first)).wait_text(equals="first") == "first"
+        assert await (await js.start(server.ws_url, second)).wait_text(equals="second") == "second"
+        assert await one.text() == "first"
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
