@@ -47,9 +47,9 @@ def test_table_output_and_full_replicas(memory_server: ServerProcess) -> None:
     result = loadtest(memory_server.ws_url, "--rooms", "2", "--clients", "3", "--rate", "10",
                       "--duration", "1", "--replica", "full")
     assert result.returncode == 0, result.stderr
-    assert "updates delivered" in result.stdout
-    assert "lost deliveries                0" in result.stdout
-    assert "converged                      yes (2/2 rooms)" in result.stdout
+    assert "updates delivered" in result.stdout, result.stdout
+    assert "lost deliveries                0" in result.stdout, result.stdout
+    assert "converged                      yes (2/2 rooms)" in result.stdout, result.stdout
 
 
 def test_join_storm(memory_server: ServerProcess) -> None:
