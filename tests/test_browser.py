@@ -312,3 +312,51 @@ def test_served_with_sensible_caching(server: ServerProcess) -> None:
         worker = resp.read().decode()
     assert all(asset in worker for asset in assets)
 
+
+
+def test_offline_status_and_immediate_retry_when_back_online(
+        tmp_path: Path, server_factory: Callable[..., ServerProcess],
+        editors: Callable[[str], Editor]) -> None:
+    store = f"sqlite:///{tmp_path / 'online.db'}"
+    server = server_factory(store)
+    ada = editors("ada").open(document_url(server, "back-online"))
+    ada.wait_synced()
+    assert server.terminate() == 0
+    # Let the backoff grow until the next scheduled attempt is seconds away.
+    ada.page.wait_for_function(
+        "() => collab.provider.state === 'waiting' && collab.provider.retryAt - Date.now() > 3000",
+        timeout=RECONNECT_TIMEOUT_MS, polling=50)
+    ada.page.wait_for_selector("#connection:has-text('Reconnecting in')")
+    ada.context.set_offline(True)
+    ada.page.wait_for_selector("#connection[data-state='offline']:has-text('Offline — edits are kept')")
+    ada.type_at("end", "written offline")
+    ada.page.wait_for_selector("#saved:has-text('Unsaved changes')")
+    ada.screenshot("browser-offline")
+
+    server = server_factory(store, port=server.port)
+    ada.page.wait_for_function("() => collab.provider.retryAt - Date.now() > 1500",
+                               timeout=RECONNECT_TIMEOUT_MS, polling=50)
+    retry_at = ada.page.evaluate("() => collab.provider.retryAt")
+    ada.context.set_offline(False)  # fires `online`: the page must not wait for its timer
+    ada.wait_synced(timeout=RECONNECT_TIMEOUT_MS)
+    synced_at = ada.page.evaluate("() => Date.now()")
+    assert synced_at < retry_at, "reconnected only when the backoff timer fired"
+    ada.wait_saved()
+
+
+def test_saved_only_after_the_store_committed(server_factory: Callable[..., ServerProcess],
+                                              editors: Callable[[str], Editor]) -> None:
+    # A long group-commit window: the other tab sees the edit at once (broadcasts go out before
+    # the commit), but the author's tab must not claim "saved" until the commit acks it.
+    server = server_factory(args=["--commit-window", "3"])
+    url = document_url(server, "honest-saved")
+    ada = editors("ada").open(url)
+    bob = editors("bob").open(url)
+    ada.wait_synced()
+    bob.wait_synced()
+    ada.type_at("end", "durable?")
+    bob.wait_text("durable?")
+    assert ada.page.locator("#saved").get_attribute("data-state") == "unsaved"
+    assert ada.saved_label().startswith("Unsaved changes (")
+    ada.wait_saved()
+    assert ada.saved_label() == "Saved"

@@ -13,9 +13,13 @@
 // a server echoes them. On every (re)connection we resend everything unconfirmed as one update
 // message: the server may have committed an edit whose echo was lost with the old connection,
 // and such a duplicate is echoed too (re-encoded), which settles it.
+//
+// IndexedDB writes are asynchronous and a reload can abort the last ones, so when the page is
+// hidden or unloaded the unconfirmed edits are also stashed, synchronously, in localStorage.
 
 import * as Y from 'yjs'
 import { IndexeddbPersistence } from 'y-indexeddb'
+import { toBase64, fromBase64 } from 'lib0/buffer'
 
 const CHECK_DELAY_MS = 30
 const EMPTY_STATE_VECTOR = Y.encodeStateVector(new Y.Doc())
@@ -34,6 +38,7 @@ export class Confirmations {
     this.shadowName = `collab-confirmed:${room}`
     this.persistence = new IndexeddbPersistence(this.shadowName, this.shadow)
     this.countKey = `collab:unsaved:${room}`
+    this.stashKey = `collab:stash:${room}`
     /** @type {Array<{update: Uint8Array, weight: number}>} */
     this.pending = []
     this.listeners = new Set()
@@ -42,16 +47,25 @@ export class Confirmations {
     this.resyncing = false
 
     this._onDocUpdate = (update, origin) => {
-      if (this.isRemote(origin)) return
+      if (origin === this || this.isRemote(origin)) return
       this.pending.push({ update, weight: 1 })
       this._changed()
     }
     doc.on('update', this._onDocUpdate)
   }
 
-  /** Call once both IndexedDB stores have loaded: edits restored from the browser are unsaved. */
+  /** Call once the document has loaded from IndexedDB: edits restored from the browser are
+   * unsaved until a server confirms them. */
   async start () {
     await this.persistence.whenSynced
+    const stash = localStorage.getItem(this.stashKey)
+    if (stash) {
+      try {
+        Y.applyUpdate(this.doc, fromBase64(stash), this)
+      } catch (err) {
+        console.warn('collab: ignoring an unreadable stash of unsaved edits', err)
+      }
+    }
     const stored = Number(localStorage.getItem(this.countKey) || '0')
     const unconfirmed = this._unconfirmed()
     if (unconfirmed !== null) {
@@ -66,6 +80,16 @@ export class Confirmations {
     let n = 0
     for (const p of this.pending) n += p.weight
     return n
+  }
+
+  /** Keep the unconfirmed edits where a reload cannot lose them (synchronous storage). */
+  stash () {
+    try {
+      if (this.pending.length === 0) localStorage.removeItem(this.stashKey)
+      else localStorage.setItem(this.stashKey, toBase64(Y.mergeUpdates(this.pending.map(p => p.update))))
+    } catch (err) {
+      console.warn('collab: could not stash unsaved edits', err)
+    }
   }
 
   onChange (fn) {
@@ -141,8 +165,10 @@ export class Confirmations {
   _changed () {
     if (this.ready) {
       const n = this.unsaved
-      if (n === 0) localStorage.removeItem(this.countKey)
-      else localStorage.setItem(this.countKey, String(n))
+      if (n === 0) {
+        localStorage.removeItem(this.countKey)
+        localStorage.removeItem(this.stashKey)
+      } else localStorage.setItem(this.countKey, String(n))
     }
     for (const fn of this.listeners) fn(this.unsaved)
   }

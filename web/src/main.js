@@ -219,7 +219,8 @@ const main = async () => {
   let provider = null
   const confirmations = new Confirmations(doc, room, origin => origin === local || (provider !== null && origin === provider))
   confirmations.onChange(renderSaved)
-  await Promise.all([loaded(local), confirmations.start()])
+  await loaded(local)
+  await confirmations.start()
 
   const view = buildEditor(ytext, awareness)
   provider = new SyncProvider(doc, awareness, r => new WebSocketTransport(socketUrl(r)), room)
@@ -253,7 +254,11 @@ const main = async () => {
     }
   })
   window.addEventListener('pagehide', () => {
+    confirmations.stash()
     removeAwarenessStates(awareness, [doc.clientID], 'window unload')
+  })
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'hidden') confirmations.stash()
   })
 
   registerServiceWorker()
