@@ -207,3 +207,24 @@ async def test_a_fresh_instance_with_an_empty_store_gets_the_document_back(serve
     assert crdt.document_from([late.doc.full_state()]).text() == bob.text()
     for client in (alice, bob, late):
         await client.close()
+
+
+async def test_a_client_that_stops_reading_is_disconnected_not_buffered(
+        server_factory: ServerFactory) -> None:
+    server = server_factory("memory://", args=["--max-send-buffer", "1000000", "--durable-acks", "false"])
+    writer = await connect(server, "doc")
+    stalled = await websockets.connect(server.ws_url + "/doc", max_queue=1, max_size=None)
+    await stalled.send(protocol.encode_sync_step1(b"\x00"))
+    chunk = "x" * 100_000
+    for _ in range(200):  # 20 MB: more than the kernel's socket buffers hold
+        await writer.insert(chunk, index=0)
+    # A newcomer still gets the whole 20 MB document in one step 2, larger than the limit.
+    newcomer = await connect(server, "doc")
+    assert len(newcomer.text()) == 20_000_000
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await asyncio.wait_for(stalled.recv(), 5)
+    assert stalled.close_code == 1013
+    assert writer.close_codes == [] and writer.connections == 1
+    await writer.close()
+    await newcomer.close()

@@ -92,7 +92,8 @@ class WebSocketPeer:
             return
         self.queue.append(frame)
         self.queued_bytes += len(frame)
-        if self.queued_bytes > self.limits.max_send_buffer:
+        if self.queued_bytes > self.limits.max_send_buffer and len(self.queue) > 1:
+            # A single frame of any size may wait (a big document's step 2); a backlog may not.
             self.queue.clear()
             self.close(CLOSE_TRY_AGAIN_LATER, "client too slow: send buffer full, reconnect")
             if self.writer is not None:
