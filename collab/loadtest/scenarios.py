@@ -10,7 +10,7 @@ import random
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from collab import crdt, protocol
@@ -223,7 +223,7 @@ async def join_storm(opts: Options, count: int, doc_size: int, room: str | None 
 
 
 async def idle(opts: Options, rooms: int, clients: int,
-               hold: Callable[[], asyncio.Future[None]] | None = None) -> dict[str, object]:
+               hold: Callable[[], Awaitable[None]] | None = None) -> dict[str, object]:
     """Open rooms x clients synced connections that send nothing, hold them while ``hold()``
     runs (the benchmark measures the server meanwhile), then close them."""
     run = Run(opts)
