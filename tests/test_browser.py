@@ -180,11 +180,16 @@ def test_two_pages_converge_and_show_each_other(server: ServerProcess,
     # The other person's cursor carries their name.
     ada.page.wait_for_selector(".cm-ySelectionInfo:text('Bob')", timeout=SYNC_TIMEOUT_MS)
     bob.page.wait_for_selector(".cm-ySelectionInfo:text('Ada')", timeout=SYNC_TIMEOUT_MS)
+    # Renaming shows at once in the other tab: in the people list and on the cursor.
+    bob.set_name("Robert")
+    wait_for_presence(ada, "Robert")
+    ada.page.wait_for_selector(".cm-ySelectionInfo:text('Robert')", timeout=SYNC_TIMEOUT_MS)
+    assert ada.page.locator(".cm-ySelectionInfo:text('Bob')").count() == 0
+    assert bob.page.evaluate("() => localStorage.getItem('collab:name')") == "Robert"
     ada.wait_saved()
     bob.wait_saved()
     assert ada.saved_label() == "Saved"
     assert ada.connection() == "connected"
-    assert ada.page.evaluate("() => localStorage.getItem('collab:name')") == "Ada"
     ada.screenshot("browser-two-pages-ada")
     bob.screenshot("browser-two-pages-bob")
 

@@ -8,10 +8,12 @@ import { EditorView, keymap, lineNumbers, highlightActiveLine, highlightActiveLi
 import { EditorState } from '@codemirror/state'
 import { defaultKeymap, indentWithTab } from '@codemirror/commands'
 import { searchKeymap, highlightSelectionMatches } from '@codemirror/search'
-import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
+import { yCollab, yUndoManagerKeymap, yRemoteSelections as stockSelections,
+  yRemoteSelectionsTheme as stockSelectionsTheme } from 'y-codemirror.next'
 
 import { SyncProvider, WebSocketTransport } from './provider.js'
 import { Confirmations } from './confirm.js'
+import { yRemoteSelections, yRemoteSelectionsTheme } from './remote-selections.js'
 import { randomDocumentName, randomPersonName, randomColour, lightColour, initials, COLOURS } from './names.js'
 import './style.css'
 
@@ -105,7 +107,10 @@ const buildEditor = (ytext, awareness) => {
         EditorState.allowMultipleSelections.of(true),
         placeholder('Start typing. Everyone with the link edits this document with you.'),
         keymap.of([...yUndoManagerKeymap, ...searchKeymap, ...defaultKeymap, indentWithTab]),
-        yCollab(ytext, awareness, { undoManager }),
+        yCollab(ytext, awareness, { undoManager })
+          .filter(ext => ext !== stockSelections && ext !== stockSelectionsTheme),
+        yRemoteSelectionsTheme,
+        yRemoteSelections,
         theme
       ]
     })
@@ -196,6 +201,22 @@ const registerServiceWorker = () => {
   })
 }
 
+/** Two people in one colour cannot be told apart: whoever joined later (higher client id) takes
+ * a free colour for this visit (the remembered one stays for next time). */
+const avoidColourClash = (awareness, identity, setUser) => {
+  const mine = awareness.getLocalState()?.user?.color
+  const taken = new Set()
+  let clash = false
+  awareness.getStates().forEach((state, clientId) => {
+    if (clientId === awareness.clientID || !state?.user?.color) return
+    taken.add(state.user.color)
+    if (state.user.color === mine && clientId < awareness.clientID) clash = true
+  })
+  if (!clash) return
+  const free = COLOURS.filter(c => !taken.has(c))
+  if (free.length > 0) setUser({ name: identity.name, colour: free[awareness.clientID % free.length] })
+}
+
 // --- start ------------------------------------------------------------------------------------
 
 const main = async () => {
@@ -209,7 +230,9 @@ const main = async () => {
   const ytext = doc.getText(TEXT_FIELD)
   const awareness = new Awareness(doc)
   const identity = loadIdentity()
-  const setUser = ({ name, colour }) => {
+  let sessionColour = identity.colour
+  const setUser = ({ name, colour = sessionColour }) => {
+    sessionColour = colour
     awareness.setLocalStateField('user', { name, color: colour, colorLight: lightColour(colour) })
     $('me-colour').style.backgroundColor = colour
   }
@@ -227,7 +250,10 @@ const main = async () => {
   confirmations.attach(provider)
   provider.on('status', renderConnection)
   setInterval(() => { if (provider.status.state === 'waiting') renderConnection(provider.status) }, 250)
-  awareness.on('change', () => renderPeople(awareness))
+  awareness.on('change', () => {
+    renderPeople(awareness)
+    avoidColourClash(awareness, identity, setUser)
+  })
   provider.connect()
 
   const nameInput = $('me-name')
@@ -237,7 +263,7 @@ const main = async () => {
     nameInput.value = name
     identity.name = name
     localStorage.setItem(NAME_KEY, name)
-    setUser(identity)
+    setUser({ name })
   }
   nameInput.addEventListener('change', commitName)
   nameInput.addEventListener('keydown', (e) => {
