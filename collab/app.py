@@ -9,13 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.types import Receive, Scope, Send
 
 from collab import __version__
 from collab.bus import Bus, open_bus
@@ -49,22 +47,18 @@ class AssetFiles(StaticFiles):
         return response
 
 
-class RoomSockets:
-    """Takes every WebSocket under ``/ws`` before routing: a room name may contain anything the
-    URL can carry (a route pattern would refuse some, such as an encoded newline, with a bare
-    403 instead of a reason)."""
-
-    def __init__(self, app: ASGIApp, endpoint: WebSocketEndpoint) -> None:
-        self.app = app
-        self.endpoint = endpoint
+class CollabApp(Starlette):
+    """The Starlette app, except that WebSockets under ``/ws`` go straight to the room endpoint:
+    no routing (a room name may hold anything a URL can carry, which a route pattern would refuse
+    with a bare 403) and no middleware frames kept alive for the life of every connection."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             path = scope["path"]
             if path == "/ws" or path.startswith("/ws/"):
-                await self.endpoint.handle(WebSocket(scope, receive, send))
+                await self.state.collab.sockets(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        await super().__call__(scope, receive, send)
 
 
 class Collab:
@@ -78,6 +72,11 @@ class Collab:
         self.rooms = Rooms(self.store, self.bus, idle_seconds=settings.room_idle,
                            durable_acks=settings.durable_acks)
         self.accepting = False
+        self.sockets = WebSocketEndpoint(
+            self.rooms,
+            Limits(max_send_buffer=settings.max_send_buffer, keepalive=settings.keepalive),
+            is_accepting=lambda: self.accepting,
+        )
 
     async def start(self) -> None:
         await self.store.open()
@@ -90,9 +89,7 @@ class Collab:
     async def stop(self) -> None:
         """Take no new clients, close the ones left with 1012, flush everything to the store."""
         self.accepting = False
-        for room in list(self.rooms.rooms.values()):
-            for peer in list(room.peers):
-                peer.close(1012, "server restarting, reconnect")
+        self.sockets.close_all(1012, "server restarting, reconnect")
         await self.rooms.close()
         await self.store.close()
         await self.bus.close()
@@ -110,10 +107,6 @@ def _redact(url: str) -> str:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     collab = Collab(settings)
-    websocket_endpoint = WebSocketEndpoint(
-        collab.rooms, Limits(max_send_buffer=settings.max_send_buffer, keepalive=settings.keepalive),
-        is_accepting=lambda: collab.accepting,
-    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -163,7 +156,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/d/{name:path}", editor),
         Mount("/assets", AssetFiles(directory=Path(settings.web_dir) / "assets", check_dir=False)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(RoomSockets, endpoint=websocket_endpoint)])
+    app = CollabApp(routes=routes, lifespan=lifespan)
     app.state.collab = collab
     return app

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,9 +35,10 @@ class Peer(Protocol):
 
     synced: bool
     """Set once the peer's step 1 was answered: only then does it receive broadcasts."""
-    awareness_ids: set[int]
+    awareness_ids: AbstractSet[int]
     """The awareness client ids this peer has announced (removed for all when it leaves)."""
-    acks: deque[tuple[asyncio.Future[object], bytes]]
+    acks: deque[tuple[asyncio.Future[object], bytes]] | None
+    """Acks waiting for their commit, in arrival order (created on first use)."""
 
     def send(self, frame: bytes) -> None: ...
 
@@ -96,7 +98,7 @@ class Room:
     def leave(self, peer: Peer) -> None:
         """Drop the peer and, for everyone else at once, its presence."""
         self.peers.discard(peer)
-        peer.acks.clear()
+        peer.acks = None
         removed = []
         for client_id in peer.awareness_ids:
             state = self.presence.pop(client_id, None)
@@ -155,11 +157,13 @@ class Room:
     def _ack(self, peer: Peer, committed: asyncio.Future[object], frame: bytes) -> None:
         """Echo ``frame`` to ``peer`` once ``committed`` resolves, keeping the peer's acks in
         the order its messages arrived."""
+        if peer.acks is None:
+            peer.acks = deque()
         peer.acks.append((committed, frame))
         committed.add_done_callback(lambda _f: self._release_acks(peer))
 
     def _release_acks(self, peer: Peer) -> None:
-        while peer.acks and peer.acks[0][0].done():
+        while peer.acks and peer.acks[0][0].done():  # None once the peer left
             committed, frame = peer.acks.popleft()
             if committed.cancelled() or committed.exception() is not None:
                 continue  # not durable: no ack; the client keeps it and resends on reconnect
@@ -168,7 +172,9 @@ class Room:
 
     def _receive_awareness(self, peer: Peer, payload: bytes) -> None:
         entries = protocol.decode_awareness_payload(payload)
-        peer.awareness_ids.update(e.client_id for e in entries)
+        announced = {e.client_id for e in entries}
+        if not announced <= peer.awareness_ids:
+            peer.awareness_ids = peer.awareness_ids | announced
         accepted = self._merge_presence(entries, local=True)
         if accepted:
             accepted_payload = protocol.encode_awareness_payload(accepted)

@@ -21,8 +21,8 @@ class RecordingPeer:
 
     def __init__(self) -> None:
         self.synced = False
-        self.awareness_ids: set[int] = set()
-        self.acks: deque[tuple[asyncio.Future[object], bytes]] = deque()
+        self.awareness_ids: frozenset[int] = frozenset()
+        self.acks: deque[tuple[asyncio.Future[object], bytes]] | None = None
         self.sent: list[protocol.Message] = []
         self.closed: tuple[int, str] | None = None
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from starlette.responses import PlainTextResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.types import Receive, Scope, Send
 
 from collab import crdt, protocol
 from collab.room import Room
@@ -70,109 +72,125 @@ class Limits:
 
 
 class WebSocketPeer:
-    """A connected client: a bounded outgoing queue and the state the room keeps on it."""
+    """A connected client: a bounded outgoing queue and the state the room keeps on it.
 
-    __slots__ = ("acks", "awareness_ids", "close_request", "limits", "queue", "queued_bytes",
-                 "synced", "wakeup", "websocket", "writer")
+    An idle peer costs no task of its own: a drain task exists only while frames are queued,
+    and keepalives come from one sweeper for all peers.
+    """
 
-    def __init__(self, websocket: WebSocket, limits: Limits) -> None:
-        self.websocket = websocket
+    __slots__ = ("acks", "awareness_ids", "close_request", "drain_task", "last_sent", "limits",
+                 "queue", "queued_bytes", "reader_task", "send_event", "synced")
+
+    def __init__(self, send_event: Send, limits: Limits, reader_task: asyncio.Task[object]) -> None:
+        self.send_event = send_event
         self.limits = limits
-        self.queue: deque[bytes] = deque()
+        self.reader_task = reader_task
+        self.queue: deque[bytes] | None = None  # allocated while frames wait: most peers idle
         self.queued_bytes = 0
-        self.wakeup = asyncio.Event()
+        self.drain_task: asyncio.Task[None] | None = None
+        self.last_sent = time.monotonic()
         self.close_request: tuple[int, str] | None = None
         self.synced = False
-        self.awareness_ids: set[int] = set()
-        self.acks: deque[tuple[asyncio.Future[object], bytes]] = deque()
-        self.writer: asyncio.Task[None] | None = None
+        self.awareness_ids: AbstractSet[int] = frozenset()
+        self.acks: deque[tuple[asyncio.Future[object], bytes]] | None = None
 
     def send(self, frame: bytes) -> None:
         if self.close_request is not None:
             return
-        self.queue.append(frame)
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
+        queue.append(frame)
         self.queued_bytes += len(frame)
-        if self.queued_bytes > self.limits.max_send_buffer and len(self.queue) > 1:
+        if self.queued_bytes > self.limits.max_send_buffer and len(queue) > 1:
             # A single frame of any size may wait (a big document's step 2); a backlog may not.
-            self.queue.clear()
+            queue.clear()
+            self.queued_bytes = 0
             self.close(CLOSE_TRY_AGAIN_LATER, "client too slow: send buffer full, reconnect")
-            if self.writer is not None:
-                self.writer.cancel()  # it may be stuck in a send the client never reads
-        self.wakeup.set()
+            if self.drain_task is not None:
+                self.drain_task.cancel()  # it may be stuck in a send the client never reads
+            self.reader_task.cancel()
+            return
+        if self.drain_task is None:
+            self.drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     def close(self, code: int, reason: str) -> None:
         if self.close_request is None:
             self.close_request = (code, reason[:120])
-        self.wakeup.set()
 
-    async def write_loop(self) -> None:
-        """Drain the queue; send keepalives when idle; close when asked."""
-        ws = self.websocket
-        while True:
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), self.limits.keepalive)
-            except asyncio.TimeoutError:
-                self.queue.append(KEEPALIVE_FRAME)
-            self.wakeup.clear()
-            while self.queue:
-                frame = self.queue.popleft()
+    async def _drain(self) -> None:
+        queue = self.queue
+        try:
+            while queue:
+                frame = queue.popleft()
                 self.queued_bytes -= len(frame)
-                await ws.send_bytes(frame)
-            if self.close_request is not None:
-                code, reason = self.close_request
-                if ws.application_state == WebSocketState.CONNECTED:
-                    await ws.close(code, reason)
-                return
+                await self.send_event({"type": "websocket.send", "bytes": frame})
+                self.last_sent = time.monotonic()
+        finally:
+            self.drain_task = None
+            if not queue:
+                self.queue = None
+
+    async def finish(self) -> None:
+        """Send what is queued and the close frame; give up on a client that reads nothing."""
+        with contextlib.suppress(Exception):
+            if self.drain_task is not None:
+                await asyncio.wait_for(asyncio.shield(self.drain_task), 5.0)
+        code, reason = self.close_request or (1000, "")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.send_event({"type": "websocket.close", "code": code,
+                                                    "reason": reason}), 2.0)
 
 
 class WebSocketEndpoint:
-    """The ASGI endpoint for ``/ws/<room>``."""
+    """The ASGI endpoint for ``/ws/<room>``: raw ASGI, since every frame passes through here."""
 
-    def __init__(self, rooms: Rooms, limits: Limits, *, is_accepting: callable) -> None:  # type: ignore[valid-type]
+    def __init__(self, rooms: Rooms, limits: Limits, *, is_accepting: Callable[[], bool]) -> None:
         self.rooms = rooms
         self.limits = limits
         self.is_accepting = is_accepting
+        self.peers: set[WebSocketPeer] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
-    async def handle(self, websocket: WebSocket) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            name = room_name_from_path(websocket.scope.get("raw_path") or
-                                       websocket.scope["path"].encode("utf-8"))
+            name = room_name_from_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         except InvalidRoomName as exc:
-            await deny(websocket, 400, str(exc))
+            await deny(scope, send, 400, str(exc))
             return
         if not self.is_accepting():
-            await deny(websocket, 503, "shutting down")
+            await deny(scope, send, 503, "shutting down")
             return
-        await websocket.accept()
-        peer = WebSocketPeer(websocket, self.limits)
-        peer.writer = asyncio.create_task(peer.write_loop())
-        reader = asyncio.create_task(self._serve(name, websocket, peer))
-        await asyncio.wait({reader, peer.writer}, return_when=asyncio.FIRST_COMPLETED)
-        if not reader.done():  # the writer failed or gave up on a slow client
-            reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        peer.close(1000, "")
-        await _finish(peer)
-
-    async def _serve(self, name: str, websocket: WebSocket, peer: WebSocketPeer) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        task = asyncio.current_task()
+        assert task is not None
+        peer = WebSocketPeer(send, self.limits, task)
+        self.peers.add(peer)
+        self._start_sweeper()
         room: Room | None = None
         try:
             room = await self.rooms.join(name, peer)
-            await self._read_loop(websocket, room, peer)
-        except WebSocketDisconnect:
-            pass
+            await self._read_loop(receive, room, peer)
+        except asyncio.CancelledError:
+            if peer.close_request is None:
+                raise
+            task.uncancel()  # cancelled by send() to drop a slow client: close it below
         except Exception:
             log.exception("room %r: connection failed", display_name(name))
             peer.close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
+            self.peers.discard(peer)
             if room is not None:
                 self.rooms.leave(room, peer)
+        await peer.finish()
 
-    async def _read_loop(self, websocket: WebSocket, room: Room, peer: WebSocketPeer) -> None:
+    async def _read_loop(self, receive: Receive, room: Room, peer: WebSocketPeer) -> None:
         while peer.close_request is None:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return  # websocket.disconnect
             data = message.get("bytes")
             if data is None:
                 peer.close(CLOSE_UNSUPPORTED_DATA, "text frames are not supported; send binary")
@@ -184,27 +202,37 @@ class WebSocketEndpoint:
             except crdt.InvalidUpdate as exc:
                 peer.close(CLOSE_INVALID_DATA, f"invalid Yjs update: {exc}")
 
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_keepalives())
 
-async def deny(websocket: WebSocket, status: int, reason: str) -> None:
-    """Refuse the upgrade with an HTTP error (or a close before accept where unsupported)."""
-    log.info("refused a WebSocket for %r: %s", websocket.scope.get("path"), reason)
-    try:
-        await websocket.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
-    except RuntimeError:
-        await websocket.close(1008, reason)
+    async def _sweep_keepalives(self) -> None:
+        """One task for every socket: a peer sent nothing for ``keepalive`` seconds gets a no-op
+        message, since browsers cannot see pings and the stock client drops silent sockets."""
+        interval = self.limits.keepalive
+        while self.peers:
+            await asyncio.sleep(interval / 4)
+            due = time.monotonic() - interval
+            for peer in list(self.peers):
+                if peer.last_sent <= due and peer.drain_task is None:
+                    peer.last_sent = time.monotonic()
+                    peer.send(KEEPALIVE_FRAME)
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Ask every connection to close (the instance is stopping)."""
+        for peer in list(self.peers):
+            peer.close(code, reason)
+            peer.reader_task.cancel()
 
 
-async def _finish(peer: WebSocketPeer) -> None:
-    """Let the writer send what is queued and the close frame; force the close if it cannot."""
-    writer = peer.writer
-    assert writer is not None
-    if not writer.done():
-        try:
-            await asyncio.wait_for(writer, 5.0)
-            return
-        except (asyncio.TimeoutError, Exception):
-            pass
-    if peer.websocket.application_state == WebSocketState.CONNECTED and peer.close_request:
-        code, reason = peer.close_request
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(peer.websocket.close(code, reason), 2.0)
+async def deny(scope: Scope, send: Send, status: int, reason: str) -> None:
+    """Refuse the upgrade with an HTTP error and the reason (or a close where unsupported)."""
+    log.info("refused a WebSocket for %r: %s", scope.get("path"), reason)
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = (reason + "\n").encode("utf-8")
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": reason[:120]})
