@@ -61,7 +61,7 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         ws_max_size=settings.max_message_size, ws_per_message_deflate=settings.per_message_deflate,
-        lifespan="on", timeout_graceful_shutdown=5, proxy_headers=True, forwarded_allow_ips="*",
+        lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False,
     )
     collab = app.state.collab
 
