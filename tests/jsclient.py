@@ -19,6 +19,8 @@ from tests.conftest import require_service
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 CLIENT_SCRIPT = JS_DIR / "client.mjs"
+MAX_LINE = 256 * 1024 * 1024
+"""Longest reply line accepted (a reply may carry a whole document's text)."""
 REPLY_MARGIN = 5.0
 """Seconds the Python side waits beyond a timeout the Node side enforces itself."""
 
@@ -60,6 +62,7 @@ class JsClient:
         process = await asyncio.create_subprocess_exec(
             node, str(CLIENT_SCRIPT), server_url, room, cwd=JS_DIR,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            limit=MAX_LINE,
         )
         client = cls(process, label)
         client.client_id = (await client.call("info"))["clientId"]
@@ -69,21 +72,29 @@ class JsClient:
 
     async def _read_stdout(self) -> None:
         assert self.process.stdout is not None
-        async for raw in self.process.stdout:
-            try:
-                message = json.loads(raw)
-            except ValueError:
-                self._stderr.append(f"(stdout, not JSON) {raw!r}")
-                continue
-            future = self._replies.pop(message.get("id"), None) if "id" in message else None
-            if future is not None and not future.done():
-                future.set_result(message)
-            elif "event" in message:
-                self.events.append(message)
-                self._event_added.set()
-        for future in self._replies.values():
-            if not future.done():
-                future.set_exception(JsClientError(f"{self.label} exited: {self.stderr()}"))
+        problem = "exited"
+        try:
+            async for raw in self.process.stdout:
+                self._dispatch(raw)
+        except ValueError as exc:  # a line over MAX_LINE
+            problem = f"sent an unreadable line ({exc})"
+        finally:
+            for future in self._replies.values():
+                if not future.done():
+                    future.set_exception(JsClientError(f"{self.label} {problem}: {self.stderr()}"))
+
+    def _dispatch(self, raw: bytes) -> None:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            self._stderr.append(f"(stdout, not JSON) {raw[:200]!r}")
+            return
+        future = self._replies.pop(message.get("id"), None) if "id" in message else None
+        if future is not None and not future.done():
+            future.set_result(message)
+        elif "event" in message:
+            self.events.append(message)
+            self._event_added.set()
 
     async def _read_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -141,11 +152,12 @@ class JsClient:
     async def text(self) -> str:
         return str((await self.call("text"))["text"])
 
-    async def insert(self, index: int, text: str) -> str:
-        return str((await self.call("insert", index=index, text=text))["text"])
+    async def insert(self, index: int, text: str) -> int:
+        """Insert locally (the provider sends it); returns the new length in UTF-16 units."""
+        return int((await self.call("insert", index=index, text=text))["length"])
 
-    async def append(self, text: str) -> str:
-        return str((await self.call("append", text=text))["text"])
+    async def append(self, text: str) -> int:
+        return int((await self.call("append", text=text))["length"])
 
     async def wait_synced(self, timeout: float = 10.0) -> str:
         return str((await self.call("wait_synced", timeout=timeout))["text"])

@@ -135,21 +135,38 @@ const commands = {
   text: () => ({ text: ytext.toString() }),
   insert: ({ index, text }) => {
     ytext.insert(index ?? ytext.length, text)
-    return { text: ytext.toString() }
+    return { length: ytext.length }
   },
   append: ({ text }) => {
     ytext.insert(ytext.length, text)
-    return { text: ytext.toString() }
+    return { length: ytext.length }
   },
   delete: ({ index, length }) => {
     ytext.delete(index, length)
-    return { text: ytext.toString() }
+    return { length: ytext.length }
   },
   set_awareness: ({ state }) => {
     awareness.setLocalState(state)
     return { clientId: doc.clientID }
   },
   awareness: () => ({ states: statesObject() }),
+  // The connection dies without a close frame or a goodbye (a network cut); the provider
+  // notices and reconnects by itself, as it would after a real outage.
+  drop: () => {
+    if (!provider.ws) throw new Error('not connected')
+    provider.ws.terminate()
+    return {}
+  },
+  // The workaround y-websocket's own issue tracker gives for a reconnecting client staying
+  // invisible to others: re-announce the local state (a new clock) on every connect.
+  reannounce_on_connect: () => {
+    provider.on('status', ({ status }) => {
+      if (status === 'connected' && awareness.getLocalState() !== null) {
+        awareness.setLocalState(awareness.getLocalState())
+      }
+    })
+    return {}
+  },
   disconnect: () => { provider.disconnect(); return {} },
   connect: () => { provider.connect(); return {} },
   wait_synced: async ({ timeout = 10 }) => {
