@@ -216,6 +216,8 @@ async def test_documents_survive_a_restart(server_factory: ServerFactory, how: s
         if how == "sigterm":
             # ...and a graceful stop must flush it with no further help.
             assert await asyncio.to_thread(server.terminate) == 0
+            closed = await watcher.wait_event(lambda e: e["event"] == "closed")
+            assert closed["code"] == 1012, closed  # "service restart": reconnect at once
         else:
             # ...and a crash loses nothing the server acknowledged as stored.
             await writer.wait_saved()
