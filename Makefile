@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-web/dist/index.html: $(WEB_SOURCES)
-	cd web && npm ci --no-audit --no-fund && npm run build
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web/dist/index.html: web/node_modules/.package-lock.json $(WEB_SOURCES)
+	cd web && npm run build
 
 web:
 	@if [ ! -f web/package.json ]; then echo "collab: no web/ editor in this checkout"; \

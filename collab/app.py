@@ -148,12 +148,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "Yjs client to /ws/<room>.\n", status_code=503)
         return FileResponse(index_html, headers={"Cache-Control": "no-cache"})
 
+    service_worker = Path(settings.web_dir) / "sw.js"
+
+    async def worker(_request: Request) -> Response:
+        """Served from the root so that it may keep /d/ pages loadable while offline."""
+        if not service_worker.is_file():
+            return PlainTextResponse("The editor is not built.\n", status_code=404)
+        return FileResponse(service_worker, media_type="text/javascript",
+                            headers={"Cache-Control": "no-cache"})
+
     routes = [
         Route("/liveness_check", liveness),
         Route("/readiness_check", readiness),
         Route("/metrics", metrics),
         Route("/", landing),
         Route("/d/{name:path}", editor),
+        Route("/sw.js", worker),
         Mount("/assets", AssetFiles(directory=Path(settings.web_dir) / "assets", check_dir=False)),
     ]
     app = CollabApp(routes=routes, lifespan=lifespan)

@@ -103,7 +103,7 @@ class Room:
         for client_id in peer.awareness_ids:
             state = self.presence.pop(client_id, None)
             if state is not None and not state.entry.is_removal:
-                removed.append(AwarenessEntry(client_id, state.entry.clock + 1, "null"))
+                removed.append(AwarenessEntry(client_id, state.entry.clock, "null"))
         if removed:
             payload = protocol.encode_awareness_payload(removed)
             self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
@@ -240,7 +240,7 @@ class Room:
         """Drop presence heard from other instances that stopped renewing it (a dead instance)."""
         now = time.monotonic() if now is None else now
         stale = [
-            AwarenessEntry(cid, state.entry.clock + 1, "null")
+            AwarenessEntry(cid, state.entry.clock, "null")
             for cid, state in self.presence.items()
             if not state.local and now - state.heard_at > REMOTE_AWARENESS_TIMEOUT
         ]

@@ -112,8 +112,6 @@ async def test_awareness_reaches_others_and_dies_with_the_connection(server: Ser
         assert elapsed < 10, f"presence removed after {elapsed:.1f} s (stock clients time out at 30 s)"
 
 
-@pytest.mark.xfail(strict=True, reason="Room.leave() removes presence at clock + 1, which ties with the "
-                   "client's re-announced clock, so the others ignore it (y-protocols keeps the removal)")
 async def test_presence_returns_after_a_dropped_connection(server: ServerProcess) -> None:
     async with js_clients() as js:
         alice, bob = await js.start(server.ws_url, "comeback"), await js.start(server.ws_url, "comeback")
