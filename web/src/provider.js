@@ -193,7 +193,9 @@ export class SyncProvider {
     syncProtocol.writeSyncStep1(encoder, this.doc)
     this._send(encoding.toUint8Array(encoder))
     if (this.awareness.getLocalState() !== null) {
-      this._send(encodeAwareness(this.awareness, [this.doc.clientID]))
+      // Re-announce with a new clock: the others saw our presence removed at the old one,
+      // and a state at an equal clock does not override a removal.
+      this.awareness.setLocalState(this.awareness.getLocalState())
     }
     this.emit('open')
   }
