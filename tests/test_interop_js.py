@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from collab import protocol
-from tests.jsclient import JsClient, js_clients, need_node
+from tests.jsclient import JsClient, JsClientError, js_clients, need_node
 from tests.servers import ServerProcess
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(90)]
@@ -268,3 +268,19 @@ async def test_empty_server_gets_document_back_from_open_clients(
         assert await asyncio.to_thread(server.terminate) == 0
         server = await restart(server_factory, server, store=empty)
         assert await (await js.start(server.ws_url, "phoenix")).wait_text(equals=text) == text
+
+
+async def test_a_lone_silent_stock_client_is_never_dropped(server: ServerProcess) -> None:
+    """The stock client closes a socket that carried nothing for 30 s. With no presence of its
+    own (so no renewals to echo) and nobody else in the room, only the server's keepalive
+    (every 15 s by default) holds it: 40 s here without a single disconnection."""
+    async with js_clients() as js:
+        client = await js.start(server.ws_url, "lonely")
+        await client.wait_synced()
+        await client.set_awareness(None)
+        start = len(client.events)
+        with pytest.raises(JsClientError, match="no matching event"):
+            await client.wait_event(
+                lambda e: e.get("event") == "closed" or e.get("status") == "disconnected",
+                timeout=40, start=start)
+        assert (await client.call("info")).get("status", "connected") == "connected"
