@@ -120,6 +120,7 @@ async def make_bus() -> AsyncIterator[Callable[..., RedisBus]]:
 
     def make(instance_id: str | None = None, url: str = REDIS_URL, **options: object) -> RedisBus:
         options.setdefault("settle_delay", 0.05)
+        options.setdefault("late_delay", 600)  # the second catch-up has its own test
         bus = RedisBus(url, instance_id=instance_id or secrets.token_hex(4),
                        channel_prefix=prefix, **options)  # type: ignore[arg-type]
         buses.append(bus)
@@ -180,6 +181,17 @@ async def test_only_instances_holding_the_room_receive_it(make_bus: Callable[...
     assert await lc.next() == BusMessage("again", Kind.UPDATE, b"barrier")
     assert lb.messages.empty()
     assert b.stats.received == 1
+
+
+@pytest.mark.redis
+async def test_every_gap_is_followed_by_a_late_second_catch_up(make_bus: Callable[..., RedisBus]) -> None:
+    bus = make_bus(late_delay=0.1)
+    await bus.open()
+    listener = Listener()
+    await bus.subscribe("late", listener.on_message, listener.on_gap)
+    await listener.gap()
+    await listener.gap()
+    assert listener.gaps == 2
 
 
 @pytest.mark.redis

@@ -15,8 +15,9 @@ when a number is skipped. When Redis is unreachable the sender drops what is que
 it, and on recovery sends a payload-less marker for each room it dropped messages of, so the
 other instances see the skip and catch up even if that room goes quiet.
 
-``on_gap`` fires ``settle_delay`` seconds after the event (coalesced per room): a dropped
-update is published before it is committed, so an immediate reload could miss it.
+``on_gap`` fires ``settle_delay`` seconds after the event and once more ``late_delay`` later
+(coalesced per room): a dropped update is published before it is committed, so an immediate
+reload could miss it, and a loaded database can delay that commit past the first reload.
 
 Handoff of uncommitted updates: an update is broadcast before its publisher commits it. If the
 publisher dies inside its commit window, the other instances already hold the update, so a
@@ -194,9 +195,11 @@ class RedisBus(Bus):
     def __init__(self, url: str, *, instance_id: str, channel_prefix: str = "collab:room:",
                  settle_delay: float = 0.5, ping_interval: float = 5.0, timeout: float = 5.0,
                  max_queue_bytes: int = 32 * 1024 * 1024, max_batch: int = 256,
-                 max_backoff: float = 5.0, confirm_timeout: float = 3.0) -> None:
+                 max_backoff: float = 5.0, confirm_timeout: float = 3.0,
+                 late_delay: float = 2.5) -> None:
         self.instance_id = instance_id
         self.settle_delay = settle_delay
+        self.late_delay = late_delay
         self.ping_interval = ping_interval
         self.max_queue_bytes = max_queue_bytes
         self.max_batch = max_batch
@@ -214,7 +217,7 @@ class RedisBus(Bus):
         self._commit_flush: asyncio.Handle | None = None
         self._tracker = SequenceTracker()
         self._seq: dict[str, int] = {}
-        self._settling: dict[str, asyncio.TimerHandle] = {}
+        self._settling: dict[str | tuple[str, str], asyncio.TimerHandle] = {}
         self._queue: deque[tuple[str, bytes]] = deque()
         self._queued_bytes = 0
         self._dirty: set[str] = set()
@@ -301,9 +304,10 @@ class RedisBus(Bus):
         self._tracker.forget(room)
         for update in self._held.release(room):
             self._hand_over(handlers, room, update)
-        handle = self._settling.pop(room, None)
-        if handle is not None:
-            handle.cancel()
+        for key in (room, (room, "late")):
+            handle = self._settling.pop(key, None)
+            if handle is not None:
+                handle.cancel()
         sub = self._sub
         if sub is not None and sub.is_connected:
             with contextlib.suppress(*_FAILURES):
@@ -444,8 +448,7 @@ class RedisBus(Bus):
                 ever_connected = True
                 backoff = 0.05
                 self._connected.set()
-                for room in list(self._rooms):
-                    self._tracker.forget(room)
+                for room in list(self._rooms):  # the tracker keeps its numbers: later skips show
                     self._schedule_gap(room)
                 await self._read(conn)
             except _FAILURES as exc:
@@ -543,13 +546,17 @@ class RedisBus(Bus):
     # --- gaps -------------------------------------------------------------------------------
 
     def _schedule_gap(self, room: str) -> None:
-        if room in self._settling or room not in self._rooms:
+        """Catch up twice: soon, and once more later for a commit that lagged the first read."""
+        if room not in self._rooms:
             return
         loop = asyncio.get_running_loop()
-        self._settling[room] = loop.call_later(self.settle_delay, self._fire_gap, room)
+        for key, delay in ((room, self.settle_delay), ((room, "late"), self.settle_delay + self.late_delay)):
+            if key not in self._settling:
+                self._settling[key] = loop.call_later(delay, self._fire_gap, key)
 
-    def _fire_gap(self, room: str) -> None:
-        self._settling.pop(room, None)
+    def _fire_gap(self, key: str | tuple[str, str]) -> None:
+        self._settling.pop(key, None)
+        room = key if isinstance(key, str) else key[0]
         handlers = self._rooms.get(room)
         if handlers is None:
             return
