@@ -217,8 +217,11 @@ def large_document(running: Running, profile: Profile) -> dict[str, Any]:
     room = f"large-{os.getpid()}-{time.monotonic_ns()}"
 
     async def warm() -> dict[str, Any]:
-        seeded = await scenarios.seed_document(opts, room, profile.large_doc, timeout=120)
-        syncs = [await scenarios.join(opts, room, 1) for _ in range(3)]
+        seeded, keeper = await scenarios.seed_document(opts, room, profile.large_doc, timeout=120)
+        try:
+            syncs = [await scenarios.join(opts, room, 1) for _ in range(3)]
+        finally:
+            keeper.close()
         return {"seed_seconds": round(seeded, 3), "syncs": syncs}
 
     result = measured(running, warm())
@@ -366,7 +369,40 @@ def markdown(rows: list[dict[str, Any]], profile: Profile, command: str, meta: d
     ]
     lines += compression_section(rows)
     lines += loadtester_section(rows)
+    lines.append(ABOUT)
     return "\n".join(lines) + "\n"
+
+
+ABOUT = """
+## The servers under test
+
+- **collab**: `python -m collab serve --store sqlite:///... --log-level warning` (SQLite store,
+  group commit, durable acks, uvloop and httptools as installed; per-message compression off).
+- **Reference server**: `@y/websocket-server` 0.1.1 from npm (`bench/node/package.json` and its
+  lock), started as `HOST=127.0.0.1 PORT=... node bench/node/node_modules/@y/websocket-server/src/server.js`
+  with no persistence. It is the classic reference server (the same code as `bin/server.js` of
+  `y-websocket` 1.5.x, moved into its own package). The newest release, 0.1.5, depends on a
+  prerelease `yjs` 14 and on `@y/protocols`, and is not the server the ecosystem runs today;
+  0.1.1 is the newest release that installs with `yjs` 13.
+- **pycrdt-websocket**: the version installed in the project's environment, served by uvicorn
+  through `bench/pycrdt_server.py` (its `ASGIServer`, documents in memory).
+
+## How the load is measured
+
+`collab loadtest` speaks the y-websocket protocol with its own small WebSocket client (frames
+parsed straight from `data_received`, no future per message) on uvloop, so that one core of
+Python can keep several servers busy. Every edit inserts a marker `[writer:seq]` at the writer's
+cursor; receivers find the markers in the raw update bytes, so the latency of each delivery is
+exact, duplicates and gaps are counted, and an update a server merges or re-encodes still
+counts once per marker. collab's durable acks (the writer's own update echoed back after
+commit) are counted apart, never as deliveries. At the end every client's document (the union
+of what it received) is compared with what a freshly syncing client gets from the server.
+The load tester reports its own CPU use and stops a ramp that saturates it.
+"""
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    return list(json.loads(path.read_text()))
 
 
 def compression_section(rows: list[dict[str, Any]]) -> list[str]:
@@ -392,6 +428,14 @@ def compression_section(rows: list[dict[str, Any]]) -> list[str]:
     for label, scenario, get in table:
         off, on = medians(rows, scenario, "collab", get), medians(rows, scenario, "collab-deflate", get)
         lines.append(f"| {label} | {fmt(off)} | {fmt(on)} | {ratio(on, off)} |")
+    lines += [
+        "",
+        "Decision: **off by default** (`--per-message-deflate false`). A typed character is a Yjs",
+        "update of a few dozen bytes that deflate barely shrinks, while each compressed connection",
+        "keeps zlib state on the server (the memory per idle connection above) and every message",
+        "costs compression CPU. Turn it on only where bandwidth is dearer than server memory. The",
+        "latency rows of this table are dominated by the other load on the machine (see below).",
+    ]
     return lines
 
 
@@ -416,6 +460,12 @@ def loadtester_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def environment() -> dict[str, str]:
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "node": node,
+            "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short repeat (about 2 minutes)")
@@ -423,10 +473,21 @@ def main() -> int:
     parser.add_argument("--servers", default="collab,node,pycrdt,collab-deflate")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--merge", metavar="RESULTS_JSON",
+                        help="keep an earlier run's results for the scenarios not run now")
+    parser.add_argument("--render", metavar="RESULTS_JSON",
+                        help="only rewrite the report from an earlier run's results")
     args = parser.parse_args()
     profile = QUICK if args.quick else Profile()
     if args.repeats:
         profile.repeats = args.repeats
+    if args.render:
+        rows = load_rows(Path(args.render))
+        profile.repeats = 1 + max((r["repeat"] for r in rows), default=0)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(markdown(rows, profile, "python bench/run.py" + (
+            " --quick" if args.quick else ""), environment()))
+        return 0
     if "node" in args.servers and not NODE_SERVER.exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
@@ -435,14 +496,15 @@ def main() -> int:
     os.sched_setaffinity(0, {LOAD_CPU})
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
-    rows = run_all(profile, args.servers.split(","), args.scenarios.split(","), results_dir)
+    chosen = args.scenarios.split(",")
+    rows = run_all(profile, args.servers.split(","), chosen, results_dir)
+    if args.merge:
+        rows = [r for r in load_rows(Path(args.merge)) if r["scenario"] not in chosen] + rows
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (results_dir / f"{stamp}.json").write_text(json.dumps(rows, indent=1))
-    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
-    meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "node": node,
-            "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"}
     command = "python bench/run.py" + (" --quick" if args.quick else "")
-    Path(args.output).write_text(markdown(rows, profile, command, meta))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(markdown(rows, profile, command, environment()))
     print(f"wrote {args.output} and bench/results/{stamp}.json", file=sys.stderr)
     return 0
 

@@ -169,9 +169,10 @@ def document_chunks(size: int, chunk: int = 16384, seed: int = 1) -> list[str]:
     return [text[i:i + chunk] for i in range(0, len(text), chunk)]
 
 
-async def seed_document(opts: Options, room: str, size: int, timeout: float = 60.0) -> float:
+async def seed_document(opts: Options, room: str, size: int, timeout: float = 60.0) -> tuple[float, Client]:
     """Write a ``size``-character document into ``room`` and wait until a fresh client syncs all
-    of it (so the server really holds it). Returns the seconds that took."""
+    of it (so the server really holds it). Returns the seconds that took and the writer, still
+    connected: servers without a store drop a document when its last client leaves."""
     run = Run(opts)
     writer = Client(run, Room(room), writer=True)
     start = time.perf_counter()
@@ -188,12 +189,13 @@ async def seed_document(opts: Options, room: str, size: int, timeout: float = 60
         while True:
             text = await engine.server_text(run, room)
             if text is not None and len(text) >= size:
-                return time.perf_counter() - start
+                return time.perf_counter() - start, writer
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"the server did not hold the {size}-character document in time")
             await asyncio.sleep(0.05)
-    finally:
+    except BaseException:
         writer.close()
+        raise
 
 
 async def join(opts: Options, room: str, count: int) -> dict[str, object]:
@@ -215,8 +217,12 @@ async def join(opts: Options, room: str, count: int) -> dict[str, object]:
 async def join_storm(opts: Options, count: int, doc_size: int, room: str | None = None,
                      seed: bool = True) -> dict[str, object]:
     room = room or _prefix() + "-storm"
-    seeded = await seed_document(opts, room, doc_size) if seed else None
-    result = await join(opts, room, count)
+    seeded, keeper = await seed_document(opts, room, doc_size) if seed else (None, None)
+    try:
+        result = await join(opts, room, count)
+    finally:
+        if keeper is not None:
+            keeper.close()
     result["ok"] = result["failed"] == 0 and result["document_lengths"] == [doc_size]
     return {"scenario": "join_storm", "url": opts.url, "room": room, "doc_size": doc_size,
             "seed_seconds": round(seeded, 3) if seeded is not None else None, **result}
