@@ -220,7 +220,7 @@ async def test_a_client_that_stops_reading_is_disconnected_not_buffered(
         await writer.insert(chunk, index=0)
     # A newcomer still gets the whole 20 MB document in one step 2, larger than the limit.
     newcomer = await connect(server, "doc")
-    assert len(newcomer.text()) == 20_000_000
+    await newcomer.wait_for(lambda: len(newcomer.text()) == 20_000_000, 20)
     with pytest.raises(websockets.ConnectionClosed):
         while True:
             await asyncio.wait_for(stalled.recv(), 5)

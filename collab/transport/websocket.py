@@ -12,9 +12,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
@@ -97,6 +98,9 @@ class WebSocketPeer:
     def send(self, frame: bytes) -> None:
         if self.close_request is not None:
             return
+        if self.drain_task is None:
+            self._send_now(frame)
+            return
         queue = self.queue
         if queue is None:
             queue = self.queue = deque()
@@ -107,20 +111,34 @@ class WebSocketPeer:
             queue.clear()
             self.queued_bytes = 0
             self.close(CLOSE_TRY_AGAIN_LATER, "client too slow: send buffer full, reconnect")
-            if self.drain_task is not None:
-                self.drain_task.cancel()  # it may be stuck in a send the client never reads
+            self.drain_task.cancel()  # it may be stuck in a send the client never reads
             self.reader_task.cancel()
+
+    def _send_now(self, frame: bytes) -> None:
+        """Hand the frame to the connection without a task: the ASGI send of a writable socket
+        finishes in its first step, so drive that step here. Only a send that has to wait for
+        the socket becomes a task, and frames after it queue behind it."""
+        sending = self.send_event({"type": "websocket.send", "bytes": frame})
+        try:
+            waiting_on = sending.send(None)
+        except StopIteration:
+            self.last_sent = time.monotonic()
             return
-        if self.drain_task is None:
-            self.drain_task = asyncio.get_running_loop().create_task(self._drain())
+        except Exception:  # the client is gone; its reader sees the disconnect
+            self.close(1000, "")
+            return
+        self.drain_task = asyncio.get_running_loop().create_task(self._drain(sending, waiting_on))
 
     def close(self, code: int, reason: str) -> None:
         if self.close_request is None:
             self.close_request = (code, reason[:120])
 
-    async def _drain(self) -> None:
-        queue = self.queue
+    async def _drain(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        """Finish the send that had to wait, then send what queued up behind it."""
         try:
+            await _complete(sending, waiting_on)
+            self.last_sent = time.monotonic()
+            queue = self.queue
             while queue:
                 frame = queue.popleft()
                 self.queued_bytes -= len(frame)
@@ -128,8 +146,8 @@ class WebSocketPeer:
                 self.last_sent = time.monotonic()
         finally:
             self.drain_task = None
-            if not queue:
-                self.queue = None
+            self.queue = None
+            self.queued_bytes = 0
 
     async def finish(self) -> None:
         """Send what is queued and the close frame; give up on a client that reads nothing."""
@@ -224,6 +242,22 @@ class WebSocketEndpoint:
         for peer in list(self.peers):
             peer.close(code, reason)
             peer.reader_task.cancel()
+
+
+async def _complete(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    """Run to the end a coroutine whose first step was driven by hand and yielded
+    ``waiting_on`` (what it awaits: a future, or None for a bare yield)."""
+    while True:
+        if waiting_on is None:
+            await asyncio.sleep(0)
+        else:
+            waiting_on._asyncio_future_blocking = False  # taken over, as a Task would
+            with contextlib.suppress(BaseException):  # the coroutine re-raises it on resuming
+                await waiting_on
+        try:
+            waiting_on = coroutine.send(None)
+        except StopIteration:
+            return
 
 
 async def deny(scope: Scope, send: Send, status: int, reason: str) -> None:
