@@ -134,6 +134,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "peers": collab.rooms.peer_count,
             "updates_applied": sum(room.updates_applied for room in rooms.values()),
             "bus_healthy": collab.bus.healthy,
+            "bus": collab.bus.metrics(),
         })
 
     index_html = Path(settings.web_dir) / "index.html"

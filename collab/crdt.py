@@ -119,7 +119,8 @@ def document_from(updates: Iterable[bytes]) -> Document:
 
 def contains_all(candidate: bytes, parts: Iterable[bytes]) -> bool:
     """True when the document ``candidate`` already holds everything in ``parts``: applying any
-    part to it changes nothing. Compaction checks this before it deletes the parts."""
+    part to it changes nothing. Compaction checks this before it deletes the parts. (A part
+    still waiting for a dependency changes nothing either: merging keeps such parts.)"""
     doc = Document()
     doc.apply(candidate)
     return all(doc.apply(part) is None for part in parts)

@@ -150,7 +150,7 @@ class Room:
         frame = protocol.encode_sync_update(produced)
         self._broadcast(frame, exclude=peer)
         committed = self.store.append(self.name, produced)
-        self.bus.publish(self.name, Kind.UPDATE, produced)
+        self.bus.publish(self.name, Kind.UPDATE, produced, durable=committed)
         if self.durable_acks:
             self._ack(peer, committed, frame)
 
@@ -225,6 +225,10 @@ class Room:
                     self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
         except (crdt.InvalidUpdate, protocol.ProtocolError) as exc:
             log.warning("room %r: ignoring a bad bus message: %s", self.name, exc)
+
+    def on_bus_unconfirmed(self, update: bytes) -> None:
+        """Another instance relayed this update but never confirmed storing it: store it here."""
+        self.store.append(self.name, update).add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def on_bus_gap(self) -> None:
         if self._catching_up is None or self._catching_up.done():

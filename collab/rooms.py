@@ -65,7 +65,8 @@ class Rooms:
     async def _load(self, name: str, loading: asyncio.Future[Room]) -> None:
         try:
             room = Room(name, self.store, self.bus, durable_acks=self.durable_acks)
-            await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap)
+            await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap,
+                                     room.on_bus_unconfirmed)
             room.load(await self.store.load(name))
             self.rooms[name] = room
             loading.set_result(room)

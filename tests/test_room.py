@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,8 @@ class RecordingBus(LocalBus):
     def __init__(self) -> None:
         self.published: list[tuple[str, Kind, bytes]] = []
 
-    def publish(self, room: str, kind: Kind, payload: bytes) -> None:
+    def publish(self, room: str, kind: Kind, payload: bytes,
+                durable: asyncio.Future[Any] | None = None) -> None:
         self.published.append((room, kind, payload))
 
 

@@ -10,7 +10,6 @@ compaction threshold, so they compact the same documents concurrently while clie
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import secrets
 import urllib.request
@@ -21,8 +20,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from collab import crdt
-from collab.bus import Bus
-from collab.store.base import _merge_verified
 from collab.store.postgres import PostgresStore
 from tests.balancer import Balancer
 from tests.jsclient import js_clients, need_node
@@ -30,29 +27,7 @@ from tests.pyclient import PyClient
 from tests.servers import ServerProcess
 from tests.services import PrivateRedis, fresh_database, private_redis
 
-
-def _compaction_keeps_pending_structs() -> bool:
-    """Across instances the log is not in causal order: an update may be stored before one it
-    depends on. Compaction must keep such an update, not fold it away."""
-    writer = crdt.Document()
-    first, second = writer.edit_text(0, "a"), writer.edit_text(1, "b")
-    assert first is not None and second is not None
-    folded = _merge_verified([second])
-    return crdt.document_from([first, folded]).text() == "ab"
-
-
-def _bus_hands_over_unconfirmed_updates() -> bool:
-    return "on_unconfirmed" in inspect.signature(Bus.subscribe).parameters
-
-
-_MISSING = [what for ok, what in (
-    (_compaction_keeps_pending_structs(), "compaction keeping updates whose dependencies are not stored yet"),
-    (_bus_hands_over_unconfirmed_updates(), "rooms wired to the bus's handoff of unconfirmed updates"),
-) if not ok]
-
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(150)]
-if _MISSING:
-    pytestmark.append(pytest.mark.xfail(reason="needs " + "; ".join(_MISSING), strict=False))
 
 ServerFactory = Callable[..., ServerProcess]
 CONVERGE_TIMEOUT = 40.0

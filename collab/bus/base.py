@@ -7,10 +7,12 @@ its own messages back and never re-publishes what it received.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class Kind(str, Enum):
@@ -29,6 +31,8 @@ class BusMessage:
 
 OnMessage = Callable[[BusMessage], None]
 OnGap = Callable[[], None]
+OnUnconfirmed = Callable[[bytes], None]
+"""Store this update: its publisher never confirmed storing it (it may have died)."""
 
 
 class Bus(ABC):
@@ -39,7 +43,8 @@ class Bus(ABC):
         """Disconnect and drop every subscription."""
 
     @abstractmethod
-    async def subscribe(self, room: str, on_message: OnMessage, on_gap: OnGap) -> None:
+    async def subscribe(self, room: str, on_message: OnMessage, on_gap: OnGap,
+                        on_unconfirmed: OnUnconfirmed | None = None) -> None:
         """Deliver other instances' messages for ``room``; call ``on_gap`` whenever messages
         may have been lost (a reconnection, a detected gap)."""
 
@@ -47,9 +52,14 @@ class Bus(ABC):
     async def unsubscribe(self, room: str) -> None: ...
 
     @abstractmethod
-    def publish(self, room: str, kind: Kind, payload: bytes) -> None:
+    def publish(self, room: str, kind: Kind, payload: bytes,
+                durable: asyncio.Future[Any] | None = None) -> None:
         """Queue a message for the other instances; never blocks, never raises."""
 
     @property
     def healthy(self) -> bool:
         return True
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters for /metrics (published, dropped, gaps, …); none for a local bus."""
+        return {}
