@@ -53,6 +53,12 @@ class PresenceState:
     heard_at: float = field(default_factory=time.monotonic)
 
 
+def _retrieve(future: asyncio.Future[object]) -> None:
+    """Mark a failed commit as seen: the clients still hold the update and resend it."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Room:
     def __init__(self, name: str, store: Store, bus: Bus, *, durable_acks: bool = True) -> None:
         self.name = name
@@ -161,6 +167,7 @@ class Room:
             peer.acks = deque()
         peer.acks.append((committed, frame))
         committed.add_done_callback(lambda _f: self._release_acks(peer))
+        committed.add_done_callback(_retrieve)
 
     def _release_acks(self, peer: Peer) -> None:
         while peer.acks and peer.acks[0][0].done():  # None once the peer left

@@ -12,6 +12,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from collab import crdt
 
@@ -103,9 +104,16 @@ class Store(ABC):
         if waiting:
             await asyncio.gather(*waiting, return_exceptions=True)
 
-    def committed(self) -> asyncio.Future[None]:
-        """A future that resolves once everything appended so far is committed."""
-        return asyncio.ensure_future(self.flush())
+    def committed(self) -> asyncio.Future[Any]:
+        """A future that resolves once everything appended so far is committed (and fails if
+        any of it failed). Each batch commits whole and in order, so the last entry of the batch
+        in flight and of the one waiting stand for all of them."""
+        waiting = [batch[-1].done for batch in (self._inflight, self._pending) if batch]
+        if not waiting:
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return asyncio.gather(*waiting)
 
     async def load(self, name: str) -> StoredDocument:
         return await self._load(name)
