@@ -37,6 +37,8 @@ class LogSlice:
     """Changes on every snapshot swap; a swap based on an older version is refused."""
     positions: list[int]
     updates: list[bytes]
+    snapshot_position: int = 0
+    """The highest log position folded into the snapshot."""
 
 
 @dataclass(slots=True)
@@ -116,7 +118,9 @@ class Store(ABC):
         return asyncio.gather(*waiting)
 
     async def load(self, name: str) -> StoredDocument:
-        return await self._load(name)
+        part = await self._read_log(name)
+        snapshot = [part.snapshot] if part.snapshot is not None else []
+        return StoredDocument(snapshot + part.updates, max([part.snapshot_position, *part.positions]))
 
     async def compact(self, name: str) -> bool:
         """Fold the log of ``name`` into its snapshot; one compaction per document at a time."""
@@ -148,10 +152,8 @@ class Store(ABC):
         """Append every (name, update) in one transaction; return their log positions."""
 
     @abstractmethod
-    async def _load(self, name: str) -> StoredDocument: ...
-
-    @abstractmethod
-    async def _read_log(self, name: str) -> LogSlice: ...
+    async def _read_log(self, name: str) -> LogSlice:
+        """The snapshot and every log entry of ``name``, read in one consistent snapshot."""
 
     @abstractmethod
     async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,

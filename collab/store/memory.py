@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from collab.store.base import LogSlice, Store, StoredDocument
+from collab.store.base import LogSlice, Store
 
 
 class MemoryStore(Store):
@@ -30,21 +30,10 @@ class MemoryStore(Store):
             positions.append(position)
         return positions
 
-    async def _load(self, name: str) -> StoredDocument:
-        stored = StoredDocument()
-        if name in self._snapshots:
-            data, stored.position, _version = self._snapshots[name]
-            stored.updates.append(data)
-        entries = self._log.get(name, [])
-        stored.updates.extend(update for _, update in entries)
-        if entries:
-            stored.position = max(stored.position, entries[-1][0])
-        return stored
-
     async def _read_log(self, name: str) -> LogSlice:
-        data, _position, version = self._snapshots.get(name, (None, 0, 0))
+        data, position, version = self._snapshots.get(name, (None, 0, 0))
         entries = list(self._log.get(name, []))
-        return LogSlice(data, version, [p for p, _ in entries], [u for _, u in entries])
+        return LogSlice(data, version, [p for p, _ in entries], [u for _, u in entries], position)
 
     async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,
                              positions: list[int]) -> bool:

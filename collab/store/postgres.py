@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from collab.store.base import LogSlice, Store, StoredDocument
+from collab.store.base import LogSlice, Store
 
 log = logging.getLogger("collab.store.postgres")
 
@@ -111,17 +111,6 @@ class PostgresStore(Store):
                 "SELECT seq, data FROM collab_updates WHERE doc = $1 ORDER BY seq", name)
         return snapshot, entries
 
-    async def _load(self, name: str) -> StoredDocument:
-        snapshot, entries = await self._read_both(name)
-        stored = StoredDocument()
-        if snapshot is not None:
-            stored.updates.append(snapshot["data"])
-            stored.position = snapshot["position"]
-        stored.updates.extend(entry["data"] for entry in entries)
-        if entries:
-            stored.position = max(stored.position, entries[-1]["seq"])
-        return stored
-
     async def _read_log(self, name: str) -> LogSlice:
         snapshot, entries = await self._read_both(name)
         return LogSlice(
@@ -129,6 +118,7 @@ class PostgresStore(Store):
             version=snapshot["version"] if snapshot is not None else 0,
             positions=[entry["seq"] for entry in entries],
             updates=[entry["data"] for entry in entries],
+            snapshot_position=snapshot["position"] if snapshot is not None else 0,
         )
 
     async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from collab.store.base import LogSlice, Store, StoredDocument
+from collab.store.base import LogSlice, Store
 
 T = TypeVar("T")
 
@@ -93,35 +93,14 @@ class SQLiteStore(Store):
 
         return await self._run(self._writer_pool, write)
 
-    async def _load(self, name: str) -> StoredDocument:
-        def load() -> StoredDocument:
-            db = self._read_db
-            assert db is not None
-            db.execute("BEGIN")  # one read snapshot for both tables
-            try:
-                row = db.execute("SELECT data, position FROM snapshots WHERE doc = ?", (name,)).fetchone()
-                rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq",
-                                  (name,)).fetchall()
-            finally:
-                db.execute("COMMIT")
-            stored = StoredDocument()
-            if row is not None:
-                stored.updates.append(row[0])
-                stored.position = row[1]
-            stored.updates.extend(data for _seq, data in rows)
-            if rows:
-                stored.position = max(stored.position, rows[-1][0])
-            return stored
-
-        return await self._run(self._reader_pool, load)
-
     async def _read_log(self, name: str) -> LogSlice:
         def read() -> LogSlice:
             db = self._read_db
             assert db is not None
             db.execute("BEGIN")
             try:
-                row = db.execute("SELECT data, version FROM snapshots WHERE doc = ?", (name,)).fetchone()
+                row = db.execute("SELECT data, version, position FROM snapshots WHERE doc = ?",
+                                 (name,)).fetchone()
                 rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq",
                                   (name,)).fetchall()
             finally:
@@ -131,6 +110,7 @@ class SQLiteStore(Store):
                 version=row[1] if row else 0,
                 positions=[seq for seq, _ in rows],
                 updates=[data for _, data in rows],
+                snapshot_position=row[2] if row else 0,
             )
 
         return await self._run(self._reader_pool, read)
