@@ -67,7 +67,8 @@ class Settings:
         "offer WebSocket per-message compression (costs memory and CPU; Yjs updates are small)",
         "COLLAB_PER_MESSAGE_DEFLATE", _bool, "BOOL")})
     durable_acks: bool = field(default=True, metadata={"option": Option(
-        "echo each client's update back to it once stored (drives the editor's 'saved' status)",
+        "echo each update back to its client once stored, for clients that ask with ?acks=1 "
+        "(the editor's 'saved' status)",
         "COLLAB_DURABLE_ACKS", _bool, "BOOL")})
     web_dir: Path = field(default=Path(__file__).resolve().parent.parent / "web" / "dist",
                           metadata={"option": Option("built editor to serve", "COLLAB_WEB_DIR",

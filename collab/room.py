@@ -35,6 +35,8 @@ class Peer(Protocol):
 
     synced: bool
     """Set once the peer's step 1 was answered: only then does it receive broadcasts."""
+    wants_acks: bool
+    """The client asked to hear, per message it sent, when the store has committed it."""
     awareness_ids: AbstractSet[int]
     """The awareness client ids this peer has announced (removed for all when it leaves)."""
     acks: deque[tuple[asyncio.Future[object], bytes]] | None
@@ -148,8 +150,9 @@ class Room:
 
     def _receive_update(self, peer: Peer, update: bytes) -> None:
         produced = self._apply(update)
+        acks = self.durable_acks and peer.wants_acks
         if produced is None:
-            if self.durable_acks and self.doc.covers(update):
+            if acks and self.doc.covers(update):
                 self._ack(peer, self.store.committed(), protocol.encode_sync_update(crdt.merge([update])))
             return
         self.updates_applied += 1
@@ -157,7 +160,7 @@ class Room:
         self._broadcast(frame, exclude=peer)
         committed = self.store.append(self.name, produced)
         self.bus.publish(self.name, Kind.UPDATE, produced, durable=committed)
-        if self.durable_acks:
+        if acks:
             self._ack(peer, committed, frame)
 
     def _ack(self, peer: Peer, committed: asyncio.Future[object], frame: bytes) -> None:

@@ -13,8 +13,8 @@ from collab import crdt, protocol
 
 
 class PyClient:
-    def __init__(self, base_url: str, room: str, *, reconnect: bool = True) -> None:
-        self.url = f"{base_url}/{room}"
+    def __init__(self, base_url: str, room: str, *, reconnect: bool = True, acks: bool = True) -> None:
+        self.url = f"{base_url}/{room}" + ("?acks=1" if acks else "")
         self.reconnect = reconnect
         self.doc = crdt.Document()
         self.synced = asyncio.Event()

@@ -28,7 +28,8 @@ def memory_server(server_factory: Callable[..., ServerProcess]) -> ServerProcess
 def test_fanout_report_adds_up(server: ServerProcess) -> None:
     rooms, clients, writers, rate, duration = 3, 4, 2, 20, 2
     result = loadtest(server.ws_url, "--rooms", str(rooms), "--clients", str(clients), "--writers",
-                      str(writers), "--rate", str(rate), "--duration", str(duration), "--json", "--seed", "7")
+                      str(writers), "--rate", str(rate), "--duration", str(duration), "--json", "--seed", "7",
+                      "--acks")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     edits = report["edits_sent"]

@@ -22,6 +22,7 @@ class RecordingPeer:
 
     def __init__(self) -> None:
         self.synced = False
+        self.wants_acks = True
         self.awareness_ids: frozenset[int] = frozenset()
         self.acks: deque[tuple[asyncio.Future[object], bytes]] | None = None
         self.sent: list[protocol.Message] = []
@@ -267,3 +268,15 @@ async def test_the_shared_answer_to_empty_joiners_follows_every_change(store: St
     second = joined(room)
     texts = [crdt.document_from([p.sent[1].update]).text() for p in (first, second)]  # type: ignore[union-attr]
     assert texts[0] == "one " and sorted(texts[1].split()) == ["one", "two"]
+
+
+async def test_acks_go_only_to_clients_that_asked(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    asker, plain = joined(room), joined(room)
+    plain.wants_acks = False
+    room.receive(plain, protocol.SyncUpdate(edit("p")))
+    room.receive(asker, protocol.SyncUpdate(edit("a")))
+    await store.flush()
+    await asyncio.sleep(0)  # let the commit callbacks run
+    assert [crdt.document_from([u]).text() for u in plain.updates()] == ["a"]  # the broadcast only
+    assert [crdt.document_from([u]).text() for u in asker.updates()] == ["p", "a"]  # broadcast, ack

@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="receivers keep updates and merge them at the end (lazy, default) or "
                              "apply each as it arrives like a real client (full)")
     parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
+    parser.add_argument("--acks", action="store_true",
+                        help="ask a collab server for durable acks, as its editor does (they are "
+                             "counted apart from deliveries)")
     parser.add_argument("--drain-timeout", type=_positive_float, default=5.0,
                         help="after the load, wait this long without progress for late deliveries")
     parser.add_argument("--connect-timeout", type=_positive_float, default=10.0)
@@ -102,7 +105,7 @@ def _validate(args: argparse.Namespace) -> str | None:
 
 
 def run_async(args: argparse.Namespace) -> Coroutine[Any, Any, dict[str, object]]:
-    opts = Options(args.url, deflate=args.deflate, replica=args.replica,
+    opts = Options(args.url, acks=args.acks, deflate=args.deflate, replica=args.replica,
                    connect_timeout=args.connect_timeout)
     load = Load(args.rooms, args.clients, args.writers, args.rate, args.duration,
                 drain_timeout=args.drain_timeout, seed=args.seed)

@@ -36,6 +36,8 @@ _STEP1 = bytes([protocol.MSG_SYNC, protocol.SYNC_STEP1])
 @dataclass(slots=True)
 class Options:
     url: str
+    acks: bool = False
+    """Ask the server for durable acks (``?acks=1``), as the collab editor does."""
     deflate: bool = False
     replica: str = "lazy"
     connect_timeout: float = 10.0
@@ -65,7 +67,8 @@ class Run:
         return len(self.sent_at) - 1
 
     def room_url(self, room: str) -> str:
-        return self.options.url.rstrip("/") + "/" + room
+        url = self.options.url.rstrip("/") + "/" + room
+        return url + "?acks=1" if self.options.acks else url
 
     def lost_connection(self, code: int, reason: str) -> None:
         self.connection_errors += 1

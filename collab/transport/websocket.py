@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from starlette.types import Receive, Scope, Send
 
@@ -59,6 +59,13 @@ def room_name_from_path(raw_path: bytes, prefix: str = "/ws/") -> str:
     return name
 
 
+def wants_acks(scope: Scope) -> bool:
+    """Durable acks are for clients that ask (``?acks=1``, as the editor does): a stock client
+    would only pay the bandwidth of echoes it ignores."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return query.get("acks", ["0"])[-1].lower() in ("1", "true", "yes")
+
+
 def display_name(name: str) -> str:
     """A room name decoded for people to read (logs, the editor)."""
     return unquote(name, errors="replace")
@@ -80,9 +87,10 @@ class WebSocketPeer:
     """
 
     __slots__ = ("acks", "awareness_ids", "close_request", "drain_task", "last_sent", "limits",
-                 "queue", "queued_bytes", "reader_task", "send_event", "synced")
+                 "queue", "queued_bytes", "reader_task", "send_event", "synced", "wants_acks")
 
-    def __init__(self, send_event: Send, limits: Limits, reader_task: asyncio.Task[object]) -> None:
+    def __init__(self, send_event: Send, limits: Limits, reader_task: asyncio.Task[object],
+                 *, wants_acks: bool = False) -> None:
         self.send_event = send_event
         self.limits = limits
         self.reader_task = reader_task
@@ -92,6 +100,7 @@ class WebSocketPeer:
         self.last_sent = time.monotonic()
         self.close_request: tuple[int, str] | None = None
         self.synced = False
+        self.wants_acks = wants_acks
         self.awareness_ids: AbstractSet[int] = frozenset()
         self.acks: deque[tuple[asyncio.Future[object], bytes]] | None = None
 
@@ -184,7 +193,7 @@ class WebSocketEndpoint:
         await send({"type": "websocket.accept"})
         task = asyncio.current_task()
         assert task is not None
-        peer = WebSocketPeer(send, self.limits, task)
+        peer = WebSocketPeer(send, self.limits, task, wants_acks=wants_acks(scope))
         self.peers.add(peer)
         self._start_sweeper()
         room: Room | None = None

@@ -63,7 +63,8 @@ const doc = new Y.Doc()
 const ytext = doc.getText(FIELD)
 const provider = new WebsocketProvider(serverUrl, room, doc, {
   WebSocketPolyfill: CountingWebSocket,
-  disableBc: true
+  disableBc: true,
+  params: { acks: '1' } // ask for durable acks (wait_saved counts them)
 })
 const awareness = provider.awareness
 

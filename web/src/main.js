@@ -63,7 +63,7 @@ const loaded = (persistence) => Promise.race([
 
 const socketUrl = (room) => {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:'
-  return `${scheme}//${location.host}/ws/${room}`
+  return `${scheme}//${location.host}/ws/${room}?acks=1` // durable acks drive the saved status
 }
 
 const buildEditor = (ytext, awareness) => {
