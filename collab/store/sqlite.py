@@ -79,17 +79,16 @@ class SQLiteStore(Store):
         def write() -> list[int]:
             db = self._write_db
             assert db is not None
-            positions = []
-            db.execute("BEGIN")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                for name, update in batch:
-                    cursor = db.execute("INSERT INTO updates (doc, data) VALUES (?, ?)", (name, update))
-                    positions.append(int(cursor.lastrowid or 0))
+                db.executemany("INSERT INTO updates (doc, data) VALUES (?, ?)", batch)
+                last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            return positions
+            # AUTOINCREMENT inside one write transaction hands out consecutive positions.
+            return list(range(last - len(batch) + 1, last + 1))
 
         return await self._run(self._writer_pool, write)
 
