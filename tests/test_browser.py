@@ -365,3 +365,45 @@ def test_saved_only_after_the_store_committed(server_factory: Callable[..., Serv
     assert ada.saved_label().startswith("Unsaved changes (")
     ada.wait_saved()
     assert ada.saved_label() == "Saved"
+
+
+def test_going_offline_while_connected_says_so_at_once(server: ServerProcess,
+                                                      editors: Callable[[str], Editor]) -> None:
+    # The server is up and the socket looks open: the browser's own word that the network is
+    # gone must win over "connected" (a dead socket may otherwise look open for half a minute).
+    ada = editors("ada").open(document_url(server, "offline-while-connected"))
+    ada.wait_synced()
+    ada.context.set_offline(True)
+    ada.page.wait_for_selector("#connection[data-state='offline']:has-text('Offline — edits are kept')",
+                               timeout=5_000)
+    ada.type_at("end", "typed offline")
+    ada.page.wait_for_selector('#saved[data-state="unsaved"]', timeout=SYNC_TIMEOUT_MS)
+    ada.context.set_offline(False)
+    ada.wait_synced(timeout=RECONNECT_TIMEOUT_MS)
+    ada.wait_saved()
+    assert ada.connection() == "connected"
+    editors("bob").open(document_url(server, "offline-while-connected")).wait_text("typed offline")
+
+
+@pytest.mark.parametrize("name", ["x" * 256, "a%00b", "tab%09name"])
+def test_a_name_the_server_refuses_is_explained_not_retried(name: str, server: ServerProcess,
+                                                            editors: Callable[[str], Editor]) -> None:
+    ada = editors("ada")
+    sockets: list[str] = []
+    ada.page.on("websocket", lambda ws: sockets.append(ws.url))
+    ada.page.goto(document_url(server, name))
+    ada.page.wait_for_selector(".notice:has-text('This link cannot open a document')",
+                               timeout=SYNC_TIMEOUT_MS)
+    assert ada.page.locator("#connection .label").inner_text() == "Not opened"
+    assert not ada.page.locator("#saved").is_visible()
+    assert ada.page.locator(".notice a[href='/']").is_visible()
+    assert sockets == []
+    ada.screenshot("browser-refused-name")
+
+
+def test_the_longest_allowed_name_opens(server: ServerProcess, editors: Callable[[str], Editor]) -> None:
+    name = "n" * 255
+    ada = editors("ada").open(document_url(server, name))
+    ada.wait_synced()
+    ada.type_at("end", "at the limit")
+    ada.wait_saved()

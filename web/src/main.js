@@ -14,7 +14,8 @@ import { yCollab, yUndoManagerKeymap, yRemoteSelections as stockSelections,
 import { SyncProvider, WebSocketTransport } from './provider.js'
 import { Confirmations } from './confirm.js'
 import { yRemoteSelections, yRemoteSelectionsTheme } from './remote-selections.js'
-import { randomDocumentName, randomPersonName, randomColour, lightColour, initials, COLOURS } from './names.js'
+import { randomDocumentName, randomPersonName, randomColour, lightColour, initials, COLOURS,
+  documentNameProblem } from './names.js'
 import './style.css'
 
 const TEXT_FIELD = 'text'
@@ -217,6 +218,29 @@ const avoidColourClash = (awareness, identity, setUser) => {
   if (free.length > 0) setUser({ name: identity.name, colour: free[awareness.clientID % free.length] })
 }
 
+/** A link the server would refuse: say why and offer a new document, rather than reconnect forever. */
+const showUnusableName = (problem) => {
+  const connection = $('connection')
+  connection.dataset.state = 'error'
+  connection.querySelector('.label').textContent = 'Not opened'
+  $('saved').hidden = true
+  $('copy-link').hidden = true
+  $('me-name').closest('.me').hidden = true
+  const notice = document.createElement('div')
+  notice.className = 'notice'
+  notice.setAttribute('role', 'alert')
+  const heading = document.createElement('h2')
+  heading.textContent = 'This link cannot open a document'
+  const reason = document.createElement('p')
+  reason.textContent = `The server refuses this document because ${problem}.`
+  const action = document.createElement('a')
+  action.className = 'button'
+  action.href = '/'
+  action.textContent = 'Start a new document'
+  notice.append(heading, reason, action)
+  $('editor').replaceChildren(notice)
+}
+
 // --- start ------------------------------------------------------------------------------------
 
 const main = async () => {
@@ -225,6 +249,11 @@ const main = async () => {
   $('doc-name').textContent = title
   $('doc-name').title = title
   document.title = `${title} · collab`
+  const problem = documentNameProblem(room)
+  if (problem !== null) {
+    showUnusableName(problem)
+    return
+  }
 
   const doc = new Y.Doc()
   const ytext = doc.getText(TEXT_FIELD)

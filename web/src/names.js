@@ -36,3 +36,20 @@ export const initials = (name) => {
   if (parts.length === 0) return '?'
   return (parts[0][0] + (parts.length > 1 ? parts[parts.length - 1][0] : '')).toUpperCase()
 }
+
+/** The server's limit on a document name: the raw, percent-encoded path segment, in bytes. */
+export const MAX_DOCUMENT_NAME_BYTES = 255
+const ENCODED_CONTROL = /%(?:[01][0-9a-f]|7f)/i
+// eslint-disable-next-line no-control-regex
+const RAW_CONTROL = /[\u0000-\u001f\u007f]/
+
+/** Why the server would refuse `room` (the raw path segment after /d/), or null if it is fine.
+ * The server refuses such names before the WebSocket opens, and a browser cannot read the reason
+ * of a refused upgrade, so the page must tell the person itself instead of retrying forever. */
+export const documentNameProblem = (room) => {
+  if (new TextEncoder().encode(room).length > MAX_DOCUMENT_NAME_BYTES) {
+    return `its name is longer than ${MAX_DOCUMENT_NAME_BYTES} bytes (as written in the link)`
+  }
+  if (ENCODED_CONTROL.test(room) || RAW_CONTROL.test(room)) return 'its name contains control characters'
+  return null
+}

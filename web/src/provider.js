@@ -116,7 +116,10 @@ export class SyncProvider {
       if (document.visibilityState === 'visible') this.retryNow()
     }
     this._onOffline = () => {
-      if (!this.connected) this._setStatus(this.state)
+      // A socket that still looks open when the network is gone is dead or about to be: drop it
+      // now, so the page says "offline" at once rather than "connected" until the silence timeout.
+      if (this.transport) this._drop(this.transport, 'the browser went offline')
+      else this._setStatus(this.state)
     }
     doc.on('update', this._onDocUpdate)
     awareness.on('update', this._onAwarenessUpdate)
@@ -172,7 +175,7 @@ export class SyncProvider {
     const transport = this.makeTransport(this.room)
     this.transport = transport
     this._setStatus('connecting')
-    this.openTimer = setTimeout(() => transport.close(), OPEN_TIMEOUT_MS)
+    this.openTimer = setTimeout(() => this._drop(transport, 'no answer from the server'), OPEN_TIMEOUT_MS)
     transport.connect({
       onOpen: () => this._onOpen(transport),
       onMessage: (data) => this._onMessage(transport, data),
@@ -223,10 +226,17 @@ export class SyncProvider {
     this._setStatus('waiting')
   }
 
+  /** Give up on `transport` now: a dead connection's close handshake can take minutes to end,
+   * and its late close event is ignored since it is no longer the current transport. */
+  _drop (transport, reason) {
+    transport.close()
+    this._onClose(transport, { code: 1006, reason })
+  }
+
   _touch () {
     clearTimeout(this.silenceTimer)
     const transport = this.transport
-    this.silenceTimer = setTimeout(() => transport && transport.close(), SILENCE_TIMEOUT_MS)
+    this.silenceTimer = setTimeout(() => transport && this._drop(transport, 'the server went silent'), SILENCE_TIMEOUT_MS)
   }
 
   _onMessage (transport, data) {
