@@ -100,7 +100,7 @@ class Room:
     def join(self, peer: Peer) -> None:
         self.peers.add(peer)
         peer.send(protocol.encode_sync_step1(self.doc.state_vector()))
-        if self.presence:
+        if self.live_presence():
             peer.send(self._presence_frame())
 
     def leave(self, peer: Peer) -> None:
@@ -109,9 +109,10 @@ class Room:
         peer.acks = None
         removed = []
         for client_id in peer.awareness_ids:
-            state = self.presence.pop(client_id, None)
+            state = self.presence.get(client_id)
             if state is not None and not state.entry.is_removal:
                 removed.append(AwarenessEntry(client_id, state.entry.clock, "null"))
+        self._merge_presence(removed, local=True)
         if removed:
             payload = protocol.encode_awareness_payload(removed)
             self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
@@ -182,20 +183,26 @@ class Room:
 
     def _receive_awareness(self, peer: Peer, payload: bytes) -> None:
         entries = protocol.decode_awareness_payload(payload)
-        announced = {e.client_id for e in entries}
-        if not announced <= peer.awareness_ids:
-            peer.awareness_ids = peer.awareness_ids | announced
-        accepted = self._merge_presence(entries, local=True)
+        accepted, appeared = self._merge_presence(entries, local=True)
+        # A peer owns the clients it brought into the room, not every state it relays (stock
+        # clients re-send everything they hear): its leaving removes only those.
+        gone = {e.client_id for e in accepted if e.is_removal}
+        if appeared or gone & peer.awareness_ids:
+            peer.awareness_ids = (peer.awareness_ids | appeared) - gone
         if accepted:
             accepted_payload = protocol.encode_awareness_payload(accepted)
             # Echo to the sender too: the stock client drops a socket that hears nothing.
             self._broadcast(protocol.encode_awareness(accepted_payload), exclude=None, all_peers=True)
             self.bus.publish(self.name, Kind.AWARENESS, accepted_payload)
 
-    def _merge_presence(self, entries: list[AwarenessEntry], *, local: bool) -> list[AwarenessEntry]:
+    def _merge_presence(self, entries: list[AwarenessEntry], *,
+                        local: bool) -> tuple[list[AwarenessEntry], set[int]]:
         """Apply the y-protocols awareness rule: a newer clock wins; a removal at the same clock
-        wins over a live state. Returns the entries that changed something."""
-        accepted = []
+        wins over a live state. A removal is kept (with its clock) so that a stale copy of the
+        state relayed late cannot bring the client back. Returns the entries that changed what
+        people see, and the clients that appeared."""
+        accepted: list[AwarenessEntry] = []
+        appeared: set[int] = set()
         now = time.monotonic()
         for entry in entries:
             current = self.presence.get(entry.client_id)
@@ -205,18 +212,20 @@ class Room:
                     and not current.entry.is_removal)
             ):
                 continue
-            if current is None and entry.is_removal:
-                continue
-            if entry.is_removal:
-                self.presence.pop(entry.client_id, None)
-            else:
-                self.presence[entry.client_id] = PresenceState(entry, local, now)
+            was_live = current is not None and not current.entry.is_removal
+            self.presence[entry.client_id] = PresenceState(entry, local, now)
+            if entry.is_removal and not was_live:
+                continue  # nobody saw it: remember the clock, tell no one
+            if not entry.is_removal and not was_live:
+                appeared.add(entry.client_id)
             accepted.append(entry)
-        return accepted
+        return accepted, appeared
+
+    def live_presence(self) -> list[AwarenessEntry]:
+        return [state.entry for state in self.presence.values() if not state.entry.is_removal]
 
     def _presence_frame(self) -> bytes:
-        entries = [state.entry for state in self.presence.values()]
-        return protocol.encode_awareness(protocol.encode_awareness_payload(entries))
+        return protocol.encode_awareness(protocol.encode_awareness_payload(self.live_presence()))
 
     # --- messages from other instances ------------------------------------------------------
 
@@ -229,7 +238,7 @@ class Room:
                     self._broadcast(protocol.encode_sync_update(produced), exclude=None)
             elif message.kind is Kind.AWARENESS:
                 entries = protocol.decode_awareness_payload(message.payload)
-                accepted = self._merge_presence(entries, local=False)
+                accepted, _appeared = self._merge_presence(entries, local=False)
                 if accepted:
                     payload = protocol.encode_awareness_payload(accepted)
                     self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
@@ -256,12 +265,12 @@ class Room:
         stale = [
             AwarenessEntry(cid, state.entry.clock, "null")
             for cid, state in self.presence.items()
-            if not state.local and now - state.heard_at > REMOTE_AWARENESS_TIMEOUT
+            if not state.local and not state.entry.is_removal
+            and now - state.heard_at > REMOTE_AWARENESS_TIMEOUT
         ]
-        for entry in stale:
-            del self.presence[entry.client_id]
-        if stale:
-            payload = protocol.encode_awareness_payload(stale)
+        removed, _appeared = self._merge_presence(stale, local=False)
+        if removed:
+            payload = protocol.encode_awareness_payload(removed)
             self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
 
     # --- fan-out ----------------------------------------------------------------------------

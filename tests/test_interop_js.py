@@ -284,3 +284,21 @@ async def test_a_lone_silent_stock_client_is_never_dropped(server: ServerProcess
                 lambda e: e.get("event") == "closed" or e.get("status") == "disconnected",
                 timeout=40, start=start)
         assert (await client.call("info")).get("status", "connected") == "connected"
+
+
+async def test_one_client_leaving_removes_only_its_own_presence(server: ServerProcess) -> None:
+    """Stock clients re-send every awareness change they hear, others' states included; the
+    server must still remove only the leaver's presence, or every cursor flickers."""
+    async with js_clients() as js:
+        alice, bob, carol = [await js.start(server.ws_url, "trio", label) for label in "abc"]
+        for client in (alice, bob, carol):
+            await client.set_awareness({"name": client.label})
+        everyone = [alice.client_id, bob.client_id, carol.client_id]
+        for client in (bob, carol):
+            await client.wait_awareness(present=everyone)
+        start = len(carol.events)
+        await alice.kill()
+        await carol.wait_awareness(absent=[alice.client_id], present=[bob.client_id, carol.client_id])
+        removed = [cid for e in carol.events[start:] if e.get("event") == "awareness"
+                   for cid in e["removed"]]
+        assert removed == [alice.client_id]

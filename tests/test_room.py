@@ -166,7 +166,7 @@ async def test_leaving_removes_the_peers_presence_for_everyone(store: Store) -> 
     room.leave(alice)
     removal = protocol.decode_awareness_payload(bob.sent[-1].payload)  # type: ignore[union-attr]
     assert removal == [AwarenessEntry(42, 3, "null")]  # same clock: a removal wins a tie
-    assert room.presence == {}
+    assert room.live_presence() == []
     assert bus.published[-1][1] is Kind.AWARENESS
 
 
@@ -215,7 +215,7 @@ async def test_remote_presence_expires_when_no_longer_renewed(store: Store) -> N
     room.expire_remote_presence(now=room.presence[9].heard_at + 10)
     assert 9 in room.presence
     room.expire_remote_presence(now=room.presence[9].heard_at + 31)
-    assert 9 not in room.presence
+    assert room.presence[9].entry.is_removal and room.live_presence() == []
     assert protocol.decode_awareness_payload(bob.sent[-1].payload)[0].is_removal  # type: ignore[union-attr]
 
 
@@ -280,3 +280,26 @@ async def test_acks_go_only_to_clients_that_asked(store: Store) -> None:
     await asyncio.sleep(0)  # let the commit callbacks run
     assert [crdt.document_from([u]).text() for u in plain.updates()] == ["a"]  # the broadcast only
     assert [crdt.document_from([u]).text() for u in asker.updates()] == ["p", "a"]  # broadcast, ack
+
+
+async def test_a_peer_owns_only_the_presence_it_brought_not_what_it_relays(store: Store) -> None:
+    """Stock clients re-send every awareness state they hear; when one of them leaves, only its
+    own presence goes, and a late relay of a departed client's state does not revive it."""
+    room = Room("r", store, RecordingBus())
+    alice, bob, carol = joined(room), joined(room), joined(room)
+    alice_state = AwarenessEntry(1, 3, '{"name":"alice"}')
+    bob_state = AwarenessEntry(2, 1, '{"name":"bob"}')
+    room.receive(alice, protocol.AwarenessUpdate(protocol.encode_awareness_payload([alice_state])))
+    room.receive(bob, protocol.AwarenessUpdate(protocol.encode_awareness_payload([bob_state])))
+    relay = protocol.encode_awareness_payload([alice_state, bob_state])
+    room.receive(carol, protocol.AwarenessUpdate(relay))  # carol relays what she heard
+    room.leave(carol)
+    assert room.live_presence() == [alice_state, bob_state]
+    room.leave(alice)
+    assert room.live_presence() == [bob_state]
+    room.receive(bob, protocol.AwarenessUpdate(protocol.encode_awareness_payload([alice_state])))
+    assert room.live_presence() == [bob_state]  # a stale relay: alice stays gone
+    back = AwarenessEntry(1, 4, '{"name":"alice"}')
+    returning = joined(room)
+    room.receive(returning, protocol.AwarenessUpdate(protocol.encode_awareness_payload([back])))
+    assert set(room.live_presence()) == {bob_state, back}  # her re-announcement (a newer clock) counts
