@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -17,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from collab import __version__
 from collab.bus import Bus, open_bus
-from collab.config import Settings
+from collab.config import Settings, redact_url
 from collab.rooms import Rooms
 from collab.store import Store, open_store
 from collab.transport.websocket import Limits, WebSocketEndpoint
@@ -58,6 +57,9 @@ class CollabApp(Starlette):
             if path == "/ws" or path.startswith("/ws/"):
                 await self.state.collab.sockets(scope, receive, send)
                 return
+        elif scope["type"] == "lifespan":
+            await self.state.collab.lifespan(receive, send)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -79,12 +81,36 @@ class Collab:
         )
 
     async def start(self) -> None:
-        await self.store.open()
+        try:
+            await self.store.open()
+        except Exception as exc:
+            raise RuntimeError(f"cannot open the store {redact_url(self.settings.store)}: "
+                               f"{exc or type(exc).__name__}") from exc
         await self.bus.open()
         self.rooms.start()
         self.accepting = True
-        log.info("collab %s ready (store %s, bus %s)", __version__, _redact(self.settings.store),
-                 _redact(self.settings.redis) if self.settings.redis else "local")
+        log.info("collab %s ready (store %s, bus %s)", __version__, redact_url(self.settings.store),
+                 redact_url(self.settings.redis) if self.settings.redis else "local")
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol. A failure to start is one line ("cannot open the store
+        …: connection refused"), not a traceback."""
+        await receive()  # lifespan.startup
+        try:
+            await self.start()
+        except Exception as exc:
+            await self._close_quietly()
+            await send({"type": "lifespan.startup.failed", "message": f"collab cannot start: {exc}"})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await self.stop()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _close_quietly(self) -> None:
+        for part in (self.store, self.bus):
+            with contextlib.suppress(Exception):
+                await part.close()
 
     async def stop(self) -> None:
         """Take no new clients, close the ones left with 1012, flush everything to the store."""
@@ -96,25 +122,9 @@ class Collab:
         log.info("collab stopped; every accepted update is stored")
 
 
-def _redact(url: str) -> str:
-    """A URL without its password, for logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://…@{rest.rsplit('@', 1)[1]}"
-    return url
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     collab = Collab(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        await collab.start()
-        try:
-            yield
-        finally:
-            await collab.stop()
 
     async def liveness(_request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -132,7 +142,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "accepting": collab.accepting,
             "rooms": len(rooms),
             "peers": collab.rooms.peer_count,
-            "updates_applied": sum(room.updates_applied for room in rooms.values()),
+            "updates_applied": collab.rooms.updates_applied,
             "bus_healthy": collab.bus.healthy,
             "bus": collab.bus.metrics(),
         })
@@ -167,6 +177,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/sw.js", worker),
         Mount("/assets", AssetFiles(directory=Path(settings.web_dir) / "assets", check_dir=False)),
     ]
-    app = CollabApp(routes=routes, lifespan=lifespan)
+    app = CollabApp(routes=routes)
     app.state.collab = collab
     return app

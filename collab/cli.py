@@ -1,4 +1,5 @@
-"""The ``collab`` command: serve, load-test, manage the database, export documents."""
+"""collab: a collaborative text-editing server for Yjs clients. Serve documents, load-test any
+y-websocket server, manage the store, export documents."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from collab import __version__
-from collab.config import Settings
+from collab.config import Settings, redact_url
+
+if TYPE_CHECKING:
+    from collab.store import Store
+
+T = TypeVar("T")
 
 
 def _add_settings_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
@@ -21,8 +29,20 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, only: set[str] | No
         flag = "--" + name.replace("_", "-")
         shown = default if not callable(default) else None
         parser.add_argument(flag, dest=name, default=None, metavar=option.metavar,
-                            type=option.parse,
+                            type=_argument_type(option.parse),
                             help=f"{option.help} [env {option.env}; default {shown}]")
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A settings parser whose ValueError message argparse shows as is."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -79,58 +99,77 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def db_upgrade(args: argparse.Namespace) -> int:
-    """Create or migrate the store's schema; safe to run while instances start."""
+class StoreUnavailable(Exception):
+    """The store named on the command line cannot be used; the message says why."""
+
+
+def _with_store(url: str, work: Callable[[Store], Awaitable[T]], *, must_exist: bool = False) -> T:
+    """Open the store at ``url``, run ``work`` on it, close it; every failure becomes one
+    :class:`StoreUnavailable` with a message for people."""
     from collab.store import UnsupportedStore, open_store
 
-    settings = _settings(args)
+    if must_exist and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise StoreUnavailable(f"no SQLite store at {url[len('sqlite:///'):]}")
 
-    async def upgrade() -> None:
-        store = open_store(settings.store)
+    async def run() -> T:
+        store = open_store(url)
         await store.open()
-        await store.close()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
 
     try:
-        asyncio.run(upgrade())
+        return asyncio.run(run())
     except UnsupportedStore as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    except Exception as exc:
+        raise StoreUnavailable(f"cannot use the store {redact_url(url)}: "
+                               f"{exc or type(exc).__name__}") from exc
+
+
+def db_upgrade(args: argparse.Namespace) -> int:
+    """Create or migrate the store's schema; safe to run while instances start."""
+    settings = _settings(args)
+
+    async def nothing(_store: Store) -> None:
+        return None  # opening the store creates or migrates its schema
+
+    try:
+        _with_store(settings.store, nothing)
+    except StoreUnavailable as exc:
         print(f"collab: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"collab: cannot reach the store: {exc}", file=sys.stderr)
         return 1
     print(f"schema of {settings.store} is up to date")
     return 0
 
 
 def export(args: argparse.Namespace) -> int:
-    """Write one document as plain text or as a Yjs update (for backups and migrations)."""
+    """Write one document as plain text or as a Yjs update (for backups and migrations), or
+    list the stored documents."""
     from collab import crdt
-    from collab.store import UnsupportedStore, open_store
 
     settings = _settings(args)
 
-    async def read() -> tuple[list[str], crdt.Document | None]:
-        store = open_store(settings.store)
-        await store.open()
-        try:
-            if args.name is None:
-                return await store.names(), None
-            stored = await store.load(args.name)
-            return [], crdt.document_from(stored.updates) if stored.updates else None
-        finally:
-            await store.close()
+    async def names(store: Store) -> list[str]:
+        return await store.names()
+
+    async def updates(store: Store) -> list[bytes]:
+        return (await store.load(args.name)).updates
 
     try:
-        names, doc = asyncio.run(read())
-    except UnsupportedStore as exc:
+        if args.name is None:
+            for name in _with_store(settings.store, names, must_exist=True):
+                print(name)
+            return 0
+        stored = _with_store(settings.store, updates, must_exist=True)
+    except StoreUnavailable as exc:
         print(f"collab: {exc}", file=sys.stderr)
-        return 2
-    if args.name is None:
-        print("\n".join(names))
-        return 0
-    if doc is None:
+        return 1
+    if not stored:
         print(f"collab: no document named {args.name!r} in {settings.store}", file=sys.stderr)
         return 1
+    doc = crdt.document_from(stored)
     if args.format == "yjs":
         sys.stdout.buffer.write(doc.full_state())
     else:

@@ -12,13 +12,59 @@ from typing import Any
 DEFAULT_STORE = "sqlite:///./data/collab.db"
 
 
-def _bool(text: str) -> bool:
+def redact_url(url: str) -> str:
+    """A URL without its credentials, for logs and messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://…@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def boolean(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a TCP port (1-65535)")
+    return value
+
+
+def log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{value} must be greater than 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text} must be greater than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"{text} must not be negative")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +82,7 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"option": Option(
         "interface to listen on (0.0.0.0 for all)", "COLLAB_HOST", metavar="HOST")})
     port: int = field(default=8080, metadata={"option": Option(
-        "TCP port", "COLLAB_PORT", int, "PORT")})
+        "TCP port", "COLLAB_PORT", port, "PORT")})
     store: str = field(default=DEFAULT_STORE, metadata={"option": Option(
         "document store: sqlite:///PATH, postgresql://USER@HOST/DB or memory://",
         "COLLAB_STORE", metavar="URL")})
@@ -44,32 +90,32 @@ class Settings:
         "Redis URL for fan-out between instances (redis://HOST:6379); none for one instance",
         "COLLAB_REDIS_URL", metavar="URL")})
     log_level: str = field(default="info", metadata={"option": Option(
-        "debug, info, warning or error", "COLLAB_LOG_LEVEL", str.lower, "LEVEL")})
+        "critical, error, warning, info, debug or trace", "COLLAB_LOG_LEVEL", log_level, "LEVEL")})
     max_message_size: int = field(default=16 * 1024 * 1024, metadata={"option": Option(
         "largest WebSocket message accepted, in bytes; larger ones close the socket with 1009",
-        "COLLAB_MAX_MESSAGE_SIZE", int, "BYTES")})
+        "COLLAB_MAX_MESSAGE_SIZE", positive_int, "BYTES")})
     max_send_buffer: int = field(default=64 * 1024 * 1024, metadata={"option": Option(
         "bytes queued for one slow client before it is disconnected (it resyncs on reconnect)",
-        "COLLAB_MAX_SEND_BUFFER", int, "BYTES")})
+        "COLLAB_MAX_SEND_BUFFER", positive_int, "BYTES")})
     commit_window: float = field(default=0.005, metadata={"option": Option(
         "group-commit window: how long an accepted update may wait to be written with others",
-        "COLLAB_COMMIT_WINDOW", float, "SECONDS")})
+        "COLLAB_COMMIT_WINDOW", non_negative_float, "SECONDS")})
     compact_threshold: int = field(default=500, metadata={"option": Option(
         "fold a document's update log into its snapshot after this many updates",
-        "COLLAB_COMPACT_THRESHOLD", int, "UPDATES")})
+        "COLLAB_COMPACT_THRESHOLD", positive_int, "UPDATES")})
     keepalive: float = field(default=15.0, metadata={"option": Option(
         "send a no-op message to a client that has been sent nothing for this long (stock "
-        "clients drop a silent socket after 30 s)", "COLLAB_KEEPALIVE", float, "SECONDS")})
+        "clients drop a silent socket after 30 s)", "COLLAB_KEEPALIVE", positive_float, "SECONDS")})
     room_idle: float = field(default=5.0, metadata={"option": Option(
         "keep a room in memory this long after its last client leaves", "COLLAB_ROOM_IDLE",
-        float, "SECONDS")})
+        non_negative_float, "SECONDS")})
     per_message_deflate: bool = field(default=False, metadata={"option": Option(
         "offer WebSocket per-message compression (costs memory and CPU; Yjs updates are small)",
-        "COLLAB_PER_MESSAGE_DEFLATE", _bool, "BOOL")})
+        "COLLAB_PER_MESSAGE_DEFLATE", boolean, "BOOL")})
     durable_acks: bool = field(default=True, metadata={"option": Option(
         "echo each update back to its client once stored, for clients that ask with ?acks=1 "
         "(the editor's 'saved' status)",
-        "COLLAB_DURABLE_ACKS", _bool, "BOOL")})
+        "COLLAB_DURABLE_ACKS", boolean, "BOOL")})
     web_dir: Path = field(default=Path(__file__).resolve().parent.parent / "web" / "dist",
                           metadata={"option": Option("built editor to serve", "COLLAB_WEB_DIR",
                                                      Path, "DIR")})

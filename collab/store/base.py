@@ -204,7 +204,11 @@ class Store(ABC):
         snapshot = await asyncio.to_thread(_merge_verified, inputs)
         swapped = await self._swap_snapshot(name, part.version, snapshot, part.positions)
         if swapped:
-            self._since_compaction[name] = max(0, self._since_compaction[name] - len(part.positions))
+            left = self._since_compaction[name] - len(part.positions)
+            if left > 0:
+                self._since_compaction[name] = left
+            else:
+                self._since_compaction.pop(name, None)
             log.debug("compacted %r: %d log entries folded", name, len(part.positions))
         return swapped
 

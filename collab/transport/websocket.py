@@ -59,6 +59,15 @@ def room_name_from_path(raw_path: bytes, prefix: str = "/ws/") -> str:
     return name
 
 
+def close_reason(text: str, limit: int = 123) -> str:
+    """A close reason within the 123 UTF-8 bytes a close frame allows, cut at a word."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    cut = data[:limit - 3].decode("utf-8", errors="ignore")
+    return cut.rsplit(" ", 1)[0] + "..."
+
+
 def wants_acks(scope: Scope) -> bool:
     """Durable acks are for clients that ask (``?acks=1``, as the editor does): a stock client
     would only pay the bandwidth of echoes it ignores."""
@@ -140,7 +149,7 @@ class WebSocketPeer:
 
     def close(self, code: int, reason: str) -> None:
         if self.close_request is None:
-            self.close_request = (code, reason[:120])
+            self.close_request = (code, close_reason(reason))
 
     async def _drain(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
         """Finish the send that had to wait, then send what queued up behind it."""
@@ -279,4 +288,4 @@ async def deny(scope: Scope, send: Send, status: int, reason: str) -> None:
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        await send({"type": "websocket.close", "code": 1008, "reason": reason[:120]})
+        await send({"type": "websocket.close", "code": 1008, "reason": close_reason(reason)})
