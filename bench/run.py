@@ -330,7 +330,9 @@ def markdown(rows: list[dict[str, Any]], profile: Profile, command: str, meta: d
         "pycrdt-websocket, measured by `collab loadtest` in one run with the same parameters. Every",
         "server runs on CPU 0 (`taskset -c 0`), the load tester on CPU 1; each scenario starts a fresh",
         "server process and the order of the servers rotates between repeats. collab runs with its",
-        "SQLite store and durable acks on; the other two keep documents in memory only.",
+        "SQLite store (every edit group-committed to disk) and every safety limit on; the other two",
+        "keep documents in memory only. Durable acks go only to clients that ask for them (the",
+        "editor does); the load tester, like a stock client, does not.",
         "",
         f"Command: `{command}`  ",
         f"Measured: {meta['date']} on {meta['machine']}; repeats: {profile.repeats}; "
@@ -377,7 +379,8 @@ ABOUT = """
 ## The servers under test
 
 - **collab**: `python -m collab serve --store sqlite:///... --log-level warning` (SQLite store,
-  group commit, durable acks, uvloop and httptools as installed; per-message compression off).
+  group commit, durable acks for clients that ask, uvloop and httptools as installed;
+  per-message compression off).
 - **Reference server**: `@y/websocket-server` 0.1.1 from npm (`bench/node/package.json` and its
   lock), started as `HOST=127.0.0.1 PORT=... node bench/node/node_modules/@y/websocket-server/src/server.js`
   with no persistence. It is the classic reference server (the same code as `bin/server.js` of
@@ -395,7 +398,8 @@ Python can keep several servers busy. Every edit inserts a marker `[writer:seq]`
 cursor; receivers find the markers in the raw update bytes, so the latency of each delivery is
 exact, duplicates and gaps are counted, and an update a server merges or re-encodes still
 counts once per marker. collab's durable acks (the writer's own update echoed back after
-commit) are counted apart, never as deliveries. At the end every client's document (the union
+commit, with `collab loadtest --acks`) are counted apart, never as deliveries; the benchmark
+does not ask for them. At the end every client's document (the union
 of what it received) is compared with what a freshly syncing client gets from the server.
 The load tester reports its own CPU use and stops a ramp that saturates it.
 """

@@ -78,11 +78,8 @@ class Room:
 
     def load(self, stored: StoredDocument) -> None:
         """Apply what the store holds; a stored update the engine refuses is skipped, loudly."""
-        for update in stored.updates:
-            try:
-                self.doc.apply(update)
-            except crdt.InvalidUpdate as exc:
-                log.error("room %r: skipping a stored update the engine refuses: %s", self.name, exc)
+        for error in self.doc.load(stored.updates):
+            log.error("room %r: skipped a stored update the engine refuses: %s", self.name, error)
 
     async def catch_up(self) -> None:
         """Re-read the store after the bus may have dropped messages; duplicates are no-ops."""

@@ -134,3 +134,15 @@ def test_edit_text_insert_delete_and_no_op() -> None:
     assert doc.edit_text(0) is None
     assert doc.edit_text(2, "LL", delete=2) is not None
     assert doc.text() == "heLLo"
+
+
+def test_load_applies_stored_updates_and_reports_refused_ones() -> None:
+    writer = crdt.Document()
+    first, second = writer.edit_text(0, "stored "), writer.edit_text(7, "text")
+    assert first is not None and second is not None
+    doc = crdt.Document()
+    errors = doc.load([first, b"\x05garbage", second])
+    assert doc.text() == "stored text"
+    assert len(errors) == 1 and isinstance(errors[0], crdt.InvalidUpdate)
+    # Still observed afterwards: a later change is produced as usual.
+    assert doc.apply(writer.edit_text(11, "!") or b"") is not None

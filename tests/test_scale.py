@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
+from websockets.asyncio.client import connect
 
-from collab import crdt
+from collab import crdt, protocol
 from collab.store.postgres import PostgresStore
 from tests.balancer import Balancer
 from tests.jsclient import js_clients, need_node
@@ -281,3 +282,27 @@ async def wait_until_async(check: Callable[[], object], timeout: float = 20.0) -
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.1)
 
+
+
+async def test_presence_of_a_dead_instances_clients_expires_elsewhere(cluster: Cluster) -> None:
+    """A client's presence relayed to another instance goes away there when its own instance
+    dies without a word: the survivor drops presence that is not renewed within 30 s. The
+    watcher is a raw client that relays nothing, so only the server can announce the removal."""
+    room = room_name()
+    dying, surviving = cluster.servers
+    state = protocol.AwarenessEntry(4242, 1, '{"user":{"name":"ghost"}}')
+    async with connect(f"{surviving.ws_url}/{room}") as watcher, \
+            connect(f"{dying.ws_url}/{room}") as ghost:
+        await ghost.send(protocol.encode_awareness(protocol.encode_awareness_payload([state])))
+
+        async def presence_of_ghost(live: bool) -> None:
+            while True:
+                message = protocol.decode_message(await watcher.recv())
+                if isinstance(message, protocol.AwarenessUpdate):
+                    for entry in protocol.decode_awareness_payload(message.payload):
+                        if entry.client_id == state.client_id and entry.is_removal != live:
+                            return
+
+        await asyncio.wait_for(presence_of_ghost(live=True), 10)
+        dying.kill()
+        await asyncio.wait_for(presence_of_ghost(live=False), 45)  # 30 s + housekeeping

@@ -169,9 +169,8 @@ class WebSocketPeer:
 
     async def finish(self) -> None:
         """Send what is queued and the close frame; give up on a client that reads nothing."""
-        with contextlib.suppress(Exception):
-            if self.drain_task is not None:
-                await asyncio.wait_for(asyncio.shield(self.drain_task), 5.0)
+        if self.drain_task is not None:
+            await asyncio.wait({self.drain_task}, timeout=5.0)  # never raises
         code, reason = self.close_request or (1000, "")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.send_event({"type": "websocket.close", "code": code,
