@@ -376,6 +376,8 @@ def markdown(rows: list[dict[str, Any]], profile: Profile, command: str, meta: d
 
 
 ABOUT = """
+What each optimisation of collab bought, measured before and after: [performance.md](performance.md).
+
 ## The servers under test
 
 - **collab**: `python -m collab serve --store sqlite:///... --log-level warning` (SQLite store,
