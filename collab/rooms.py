@@ -25,7 +25,7 @@ class Rooms:
         self.durable_acks = durable_acks
         self.housekeeping_interval = housekeeping_interval
         self.rooms: dict[str, Room] = {}
-        self._loading: dict[str, asyncio.Future[Room]] = {}
+        self._loading: dict[str, asyncio.Task[Room]] = {}
         self._evictions: dict[str, asyncio.Task[None]] = {}
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
@@ -57,27 +57,26 @@ class Rooms:
             return await self.get(name)
         loading = self._loading.get(name)
         if loading is None:
-            loading = asyncio.get_running_loop().create_future()
+            loading = asyncio.create_task(self._load(name), name=f"load:{name}")
             self._loading[name] = loading
-            task = asyncio.create_task(self._load(name, loading))
-            loading.add_done_callback(lambda _f, keep=task: keep)  # hold a reference until done
+            loading.add_done_callback(lambda task: self._loaded(name, task))
         return await asyncio.shield(loading)
 
-    async def _load(self, name: str, loading: asyncio.Future[Room]) -> None:
+    async def _load(self, name: str) -> Room:
+        room = Room(name, self.store, self.bus, durable_acks=self.durable_acks)
+        await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap, room.on_bus_unconfirmed)
         try:
-            room = Room(name, self.store, self.bus, durable_acks=self.durable_acks)
-            await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap,
-                                     room.on_bus_unconfirmed)
             room.load(await self.store.load(name))
-            self.rooms[name] = room
-            loading.set_result(room)
-        except Exception as exc:
-            log.exception("loading room %r failed", name)
-            loading.set_exception(exc)
-            loading.exception()  # the joiners see it; do not warn about it twice
+        except BaseException:
             await self._unsubscribe_quietly(name)
-        finally:
-            self._loading.pop(name, None)
+            raise
+        self.rooms[name] = room
+        return room
+
+    def _loaded(self, name: str, task: asyncio.Task[Room]) -> None:
+        self._loading.pop(name, None)
+        if not task.cancelled() and task.exception() is not None:  # the joiners get it too
+            log.error("loading room %r failed: %s", name, task.exception())
 
     async def _evict_later(self, room: Room) -> None:
         try:

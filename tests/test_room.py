@@ -303,3 +303,22 @@ async def test_a_peer_owns_only_the_presence_it_brought_not_what_it_relays(store
     returning = joined(room)
     room.receive(returning, protocol.AwarenessUpdate(protocol.encode_awareness_payload([back])))
     assert set(room.live_presence()) == {bob_state, back}  # her re-announcement (a newer clock) counts
+
+
+async def test_a_failed_load_reaches_every_waiting_joiner_and_the_next_join_retries(
+        store: Store) -> None:
+    original = store.load
+    failures = [OSError("database down")]
+
+    async def flaky_load(name: str):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return await original(name)
+
+    store.load = flaky_load  # type: ignore[method-assign]
+    rooms = Rooms(store, LocalBus(), idle_seconds=0)
+    results = await asyncio.gather(*(rooms.join("r", RecordingPeer()) for _ in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)
+    assert "r" not in rooms.rooms
+    assert isinstance(await rooms.join("r", RecordingPeer()), Room)
