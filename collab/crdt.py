@@ -137,7 +137,8 @@ def contains_all(candidate: bytes, parts: Iterable[bytes]) -> bool:
     part to it changes nothing. Compaction checks this before it deletes the parts. (A part
     still waiting for a dependency changes nothing either: merging keeps such parts.)"""
     doc = Document()
-    doc.apply(candidate)
+    if doc.load([candidate]):
+        return False
     return all(doc.apply(part) is None for part in parts)
 
 

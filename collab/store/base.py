@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +68,9 @@ class Store(ABC):
         self._closing = False
         self._since_compaction: dict[str, int] = defaultdict(int)
         self._compacting: dict[str, asyncio.Task[bool]] = {}
+        # One merge at a time, on one thread: the engine holds the GIL while it works, and many
+        # rooms crossing the threshold together would otherwise stall the event loop at once.
+        self._compactor = ThreadPoolExecutor(1, thread_name_prefix="compactor")
         self.is_open = False
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -87,6 +92,7 @@ class Store(ABC):
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
         self.is_open = False
+        self._compactor.shutdown(wait=True)
         await self._close()
 
     # --- the interface ----------------------------------------------------------------------
@@ -190,10 +196,15 @@ class Store(ABC):
                 pending.done.set_result(position)
             self._since_compaction[pending.name] += 1
         for name in {p.name for p in batch}:
-            if self._since_compaction[name] >= self.compact_threshold and name not in self._compacting:
+            if self._since_compaction[name] >= self._threshold_of(name) and name not in self._compacting:
                 self._compaction(name).add_done_callback(_log_compaction_failure)
 
     # --- compaction -------------------------------------------------------------------------
+
+    def _threshold_of(self, name: str) -> int:
+        """The threshold, spread by up to +50% per document so that rooms typing at the same
+        pace do not all compact at the same moment."""
+        return self.compact_threshold + zlib.crc32(name.encode()) % (self.compact_threshold // 2 + 1)
 
     async def _compact(self, name: str) -> bool:
         part = await self._read_log(name)
@@ -201,7 +212,8 @@ class Store(ABC):
             self._since_compaction.pop(name, None)
             return False
         inputs = ([part.snapshot] if part.snapshot is not None else []) + part.updates
-        snapshot = await asyncio.to_thread(_merge_verified, inputs)
+        loop = asyncio.get_running_loop()
+        snapshot = await loop.run_in_executor(self._compactor, _merge_verified, inputs)
         swapped = await self._swap_snapshot(name, part.version, snapshot, part.positions)
         if swapped:
             left = self._since_compaction[name] - len(part.positions)
