@@ -104,7 +104,9 @@ class Document:
             if insert:
                 text.insert(index, insert)
         produced, self._produced = self._produced, []
-        return merge(produced) if produced else None
+        if not produced:
+            return None
+        return produced[0] if len(produced) == 1 else merge(produced)
 
 
 def merge(updates: Iterable[bytes]) -> bytes:
