@@ -439,8 +439,7 @@ def compression_section(rows: list[dict[str, Any]]) -> list[str]:
         "Decision: **off by default** (`--per-message-deflate false`). A typed character is a Yjs",
         "update of a few dozen bytes that deflate barely shrinks, while each compressed connection",
         "keeps zlib state on the server (the memory per idle connection above) and every message",
-        "costs compression CPU. Turn it on only where bandwidth is dearer than server memory. The",
-        "latency rows of this table are dominated by the other load on the machine (see below).",
+        "costs compression CPU. Turn it on only where bandwidth is dearer than server memory.",
     ]
     return lines
 
@@ -455,7 +454,10 @@ def loadtester_section(rows: list[dict[str, Any]]) -> list[str]:
             and r["server_core_busy_percent"] - r["server_cpu_percent"] > CONTENTION_PERCENT]
     lines = ["", "## Limits of this measurement", "",
              f"- Ramp stop reasons: {'; '.join(reasons) or '-'}.",
-             f"- Ramps that stopped because the load tester itself saturated: {len(limited)}.",
+             f"- Ramps that stopped because the load tester itself saturated: {len(limited)}. Such a "
+             "ramp gives a lower bound for that server, not its capacity. The reference server also "
+             "sends every update back to its own writer, so against it the load tester reads a "
+             "quarter more messages per edit and saturates at a lower rate.",
              f"- Runs with an error, a lost sync or a diverged document: {', '.join(failed) or 'none'}."]
     if busy:
         lines.append(f"- **Contended machine**: in {len(busy)} of {len(rows)} runs, other processes used "
