@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from collab import __version__
-from collab.config import Settings, redact_url
+from collab.config import Settings, argument_type, redact_url
 
 if TYPE_CHECKING:
     from collab.store import Store
@@ -29,20 +29,8 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, only: set[str] | No
         flag = "--" + name.replace("_", "-")
         shown = default if not callable(default) else None
         parser.add_argument(flag, dest=name, default=None, metavar=option.metavar,
-                            type=_argument_type(option.parse),
+                            type=argument_type(option.parse),
                             help=f"{option.help} [env {option.env}; default {shown}]")
-
-
-def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A settings parser whose ValueError message argparse shows as is."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,7 +34,7 @@ def boolean(text: str) -> bool:
 
 
 def port(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 1 <= value <= 65535:
         raise ValueError(f"{value} is not a TCP port (1-65535)")
     return value
@@ -46,25 +47,59 @@ def log_level(text: str) -> str:
     return value
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+def _real(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError(f"{value} must be greater than 0")
+    value = _whole(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _whole(text)
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = _real(text)
     if not value > 0:
-        raise ValueError(f"{text} must be greater than 0")
+        raise ValueError(f"must be greater than 0, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _real(text)
     if not value >= 0:
-        raise ValueError(f"{text} must not be negative")
+        raise ValueError(f"must not be negative, got {text}")
     return value
+
+
+def argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """One of these parsers for argparse, which shows an ArgumentTypeError's message as is."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 @dataclass(frozen=True, slots=True)

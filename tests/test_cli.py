@@ -24,7 +24,7 @@ def collab(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     (["serve", "--log-level", "loud"], {}, "'loud' is not a log level"),
     (["serve", "--durable-acks", "maybe"], {}, "'maybe' is not a boolean"),
     (["serve", "--store", "mysql://x"], {}, "unsupported store URL"),
-    (["serve"], {"COLLAB_KEEPALIVE": "0"}, "COLLAB_KEEPALIVE='0': 0 must be greater than 0"),
+    (["serve"], {"COLLAB_KEEPALIVE": "0"}, "COLLAB_KEEPALIVE='0': must be greater than 0, got 0"),
     (["serve"], {"COLLAB_PORT": "http"}, "COLLAB_PORT='http'"),
     (["db", "upgrade", "--store", "mysql://x"], {}, "unsupported store URL"),
 ])

@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
+from collab.config import argument_type, non_negative_int, positive_float, positive_int
 from collab.loadtest import report, scenarios
 from collab.loadtest.engine import Options
 from collab.loadtest.scenarios import Load
@@ -28,34 +29,9 @@ def _ws_url(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {number}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return number
+_positive_int = argument_type(positive_int)
+_count = argument_type(non_negative_int)
+_positive_float = argument_type(positive_float)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
