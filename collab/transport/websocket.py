@@ -202,6 +202,9 @@ class WebSocketEndpoint:
         task = asyncio.current_task()
         assert task is not None
         peer = WebSocketPeer(send, self.limits, task, wants_acks=wants_acks(scope))
+        # The handshake's headers are not read again; a socket that lives for hours should not
+        # keep them (about 1 KiB of every idle connection).
+        scope["headers"] = ()
         self.peers.add(peer)
         self._start_sweeper()
         room: Room | None = None
