@@ -19,7 +19,7 @@ from collab.bus import Bus, open_bus
 from collab.config import Settings, redact_url
 from collab.rooms import Rooms
 from collab.store import Store, open_store
-from collab.transport.websocket import Limits, WebSocketEndpoint
+from collab.transport.websocket import CLOSE_SERVICE_RESTART, Limits, WebSocketEndpoint
 
 log = logging.getLogger("collab")
 
@@ -115,7 +115,7 @@ class Collab:
     async def stop(self) -> None:
         """Take no new clients, close the ones left with 1012, flush everything to the store."""
         self.accepting = False
-        self.sockets.close_all(1012, "server restarting, reconnect")
+        self.sockets.close_all(CLOSE_SERVICE_RESTART, "server restarting, reconnect")
         await self.rooms.close()
         await self.store.close()
         await self.bus.close()

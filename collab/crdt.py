@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 import pycrdt
 
+from collab.protocol import ProtocolError, read_var_uint
+
 TEXT_FIELD = "text"
 """The shared text the editor, the load tester and the exporter read and write."""
 
@@ -146,8 +148,6 @@ def contains_all(candidate: bytes, parts: Iterable[bytes]) -> bool:
 
 def decode_state_vector(state_vector: bytes) -> dict[int, int]:
     """client id -> clock. Raises InvalidUpdate on malformed input."""
-    from collab.protocol import ProtocolError, read_var_uint
-
     try:
         count, pos = read_var_uint(state_vector, 0)
         clocks = {}

@@ -110,10 +110,7 @@ class Room:
             if state is not None and not state.entry.is_removal:
                 removed.append(AwarenessEntry(client_id, state.entry.clock, "null"))
         self._merge_presence(removed, local=True)
-        if removed:
-            payload = protocol.encode_awareness_payload(removed)
-            self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
-            self.bus.publish(self.name, Kind.AWARENESS, payload)
+        self._announce_presence(removed, publish=True)
 
     # --- messages from clients --------------------------------------------------------------
 
@@ -167,8 +164,11 @@ class Room:
         if peer.acks is None:
             peer.acks = deque()
         peer.acks.append((committed, frame))
-        committed.add_done_callback(lambda _f: self._release_acks(peer))
-        committed.add_done_callback(_retrieve)
+        committed.add_done_callback(lambda future: self._on_committed(peer, future))
+
+    def _on_committed(self, peer: Peer, committed: asyncio.Future[object]) -> None:
+        _retrieve(committed)
+        self._release_acks(peer)
 
     def _release_acks(self, peer: Peer) -> None:
         while peer.acks and peer.acks[0][0].done():  # None once the peer left
@@ -186,11 +186,7 @@ class Room:
         gone = {e.client_id for e in accepted if e.is_removal}
         if appeared or gone & peer.awareness_ids:
             peer.awareness_ids = (peer.awareness_ids | appeared) - gone
-        if accepted:
-            accepted_payload = protocol.encode_awareness_payload(accepted)
-            # Echo to the sender too: the stock client drops a socket that hears nothing.
-            self._broadcast(protocol.encode_awareness(accepted_payload), exclude=None, all_peers=True)
-            self.bus.publish(self.name, Kind.AWARENESS, accepted_payload)
+        self._announce_presence(accepted, publish=True)
 
     def _merge_presence(self, entries: list[AwarenessEntry], *,
                         local: bool) -> tuple[list[AwarenessEntry], set[int]]:
@@ -236,9 +232,7 @@ class Room:
             elif message.kind is Kind.AWARENESS:
                 entries = protocol.decode_awareness_payload(message.payload)
                 accepted, _appeared = self._merge_presence(entries, local=False)
-                if accepted:
-                    payload = protocol.encode_awareness_payload(accepted)
-                    self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
+                self._announce_presence(accepted, publish=False)  # never re-published
         except (crdt.InvalidUpdate, protocol.ProtocolError) as exc:
             log.warning("room %r: ignoring a bad bus message: %s", self.name, exc)
 
@@ -266,11 +260,19 @@ class Room:
             and now - state.heard_at > REMOTE_AWARENESS_TIMEOUT
         ]
         removed, _appeared = self._merge_presence(stale, local=False)
-        if removed:
-            payload = protocol.encode_awareness_payload(removed)
-            self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
+        self._announce_presence(removed, publish=False)  # every instance expires it itself
 
     # --- fan-out ----------------------------------------------------------------------------
+
+    def _announce_presence(self, entries: list[AwarenessEntry], *, publish: bool) -> None:
+        """Tell every local peer, the sender included (the stock client drops a socket that
+        hears nothing), and with ``publish`` the other instances."""
+        if not entries:
+            return
+        payload = protocol.encode_awareness_payload(entries)
+        self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
+        if publish:
+            self.bus.publish(self.name, Kind.AWARENESS, payload)
 
     def _broadcast(self, frame: bytes, *, exclude: Peer | None, all_peers: bool = False) -> None:
         """Queue one encoded frame for every (synced) peer; the bytes object is shared."""

@@ -146,6 +146,14 @@ def document_url(server: ServerProcess, name: str) -> str:
     return f"{server.http_url}/d/{name}"
 
 
+def two_synced_pages(editors: Callable[[str], Editor], url: str) -> tuple[Editor, Editor]:
+    """Ada's and Bob's tabs on ``url``, both synced with the server."""
+    ada, bob = editors("ada").open(url), editors("bob").open(url)
+    ada.wait_synced()
+    bob.wait_synced()
+    return ada, bob
+
+
 def wait_for_presence(editor: Editor, name: str) -> None:
     editor.page.wait_for_function(
         "(name) => [...document.querySelectorAll('#people .person-name')].some(e => e.textContent === name)",
@@ -155,10 +163,7 @@ def wait_for_presence(editor: Editor, name: str) -> None:
 def test_two_pages_converge_and_show_each_other(server: ServerProcess,
                                                 editors: Callable[[str], Editor]) -> None:
     url = document_url(server, "two-pages")
-    ada = editors("ada").open(url)
-    bob = editors("bob").open(url)
-    ada.wait_synced()
-    bob.wait_synced()
+    ada, bob = two_synced_pages(editors, url)
     ada.set_name("Ada")
     bob.set_name("Bob")
 
@@ -224,10 +229,7 @@ def test_outage_both_pages_keep_typing_and_converge(restart: str, tmp_path: Path
     first_store = f"sqlite:///{tmp_path / 'first.db'}"
     server = server_factory(first_store)
     url = document_url(server, f"outage-{restart}")
-    ada = editors("ada").open(url)
-    bob = editors("bob").open(url)
-    ada.wait_synced()
-    bob.wait_synced()
+    ada, bob = two_synced_pages(editors, url)
     ada.type_at("start", "ada online\n")
     bob.wait_text("ada online\n")
     bob.type_at("end", "bob online")
@@ -355,10 +357,7 @@ def test_saved_only_after_the_store_committed(server_factory: Callable[..., Serv
     # the commit), but the author's tab must not claim "saved" until the commit acks it.
     server = server_factory(args=["--commit-window", "3"])
     url = document_url(server, "honest-saved")
-    ada = editors("ada").open(url)
-    bob = editors("bob").open(url)
-    ada.wait_synced()
-    bob.wait_synced()
+    ada, bob = two_synced_pages(editors, url)
     ada.type_at("end", "durable?")
     bob.wait_text("durable?")
     assert ada.page.locator("#saved").get_attribute("data-state") == "unsaved"

@@ -16,7 +16,13 @@ import pytest
 
 from tests.servers import ROOT, ServerProcess, free_port
 from tests.services import PrivateRedis, fresh_database, private_redis
-from tests.test_browser import RECONNECT_TIMEOUT_MS, Editor, browser, editors  # noqa: F401
+from tests.test_browser import (  # noqa: F401
+    RECONNECT_TIMEOUT_MS,
+    Editor,
+    browser,
+    editors,
+    two_synced_pages,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(150)]
 
@@ -77,10 +83,7 @@ def test_pages_behind_the_balancer_survive_an_instance_killed(
         instances: list[ServerProcess], balancer_url: str,
         editors: Callable[[str], Editor]) -> None:  # noqa: F811
     url = f"{balancer_url}/d/balanced"
-    ada = editors("ada").open(url)
-    bob = editors("bob").open(url)
-    ada.wait_synced()
-    bob.wait_synced()
+    ada, bob = two_synced_pages(editors, url)
     ada.type_at("start", "ada before\n")
     bob.wait_text("ada before\n")
     bob.type_at("end", "bob before")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -268,13 +269,8 @@ class RedisBus(Bus):
         return self._sub_ok and self._pub_ok
 
     def metrics(self) -> dict[str, Any]:
-        return {
-            "healthy": self.healthy, "rooms": len(self._rooms), "queued": len(self._queue),
-            "published": self.stats.published, "dropped": self.stats.dropped,
-            "received": self.stats.received, "gaps": self.stats.gaps,
-            "reconnects": self.stats.reconnects, "malformed": self.stats.malformed,
-            "handed_over": self.stats.handed_over,
-        }
+        return {"healthy": self.healthy, "rooms": len(self._rooms), "queued": len(self._queue),
+                **dataclasses.asdict(self.stats)}
 
     # --- the interface ----------------------------------------------------------------------
 

@@ -42,6 +42,11 @@ class LogSlice:
     snapshot_position: int = 0
     """The highest log position folded into the snapshot."""
 
+    @property
+    def everything(self) -> list[bytes]:
+        """The snapshot (if any), then the log: what makes up the document, in order."""
+        return ([self.snapshot] if self.snapshot is not None else []) + self.updates
+
 
 @dataclass(slots=True)
 class PendingAppend:
@@ -125,8 +130,7 @@ class Store(ABC):
 
     async def load(self, name: str) -> StoredDocument:
         part = await self._read_log(name)
-        snapshot = [part.snapshot] if part.snapshot is not None else []
-        return StoredDocument(snapshot + part.updates, max([part.snapshot_position, *part.positions]))
+        return StoredDocument(part.everything, max([part.snapshot_position, *part.positions]))
 
     async def compact(self, name: str) -> bool:
         """Fold the log of ``name`` into its snapshot; one compaction per document at a time."""
@@ -211,9 +215,8 @@ class Store(ABC):
         if not part.positions:
             self._since_compaction.pop(name, None)
             return False
-        inputs = ([part.snapshot] if part.snapshot is not None else []) + part.updates
         loop = asyncio.get_running_loop()
-        snapshot = await loop.run_in_executor(self._compactor, _merge_verified, inputs)
+        snapshot = await loop.run_in_executor(self._compactor, _merge_verified, part.everything)
         swapped = await self._swap_snapshot(name, part.version, snapshot, part.positions)
         if swapped:
             left = self._since_compaction[name] - len(part.positions)

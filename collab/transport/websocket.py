@@ -1,8 +1,9 @@
 """The y-websocket transport: one WebSocket, one peer, one room.
 
 A thin shell around :class:`collab.room.Room`: it validates the room name before accepting,
-decodes frames with :mod:`collab.protocol`, and gives each peer a bounded send queue drained by
-its own writer task, so a slow client is disconnected instead of buffered without bound.
+decodes frames with :mod:`collab.protocol`, hands outgoing frames to the socket at once while
+it is writable, and bounds what may wait behind a socket that is not, so a slow client is
+disconnected instead of buffered without bound.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ log = logging.getLogger("collab.ws")
 # Close codes (RFC 6455 and the IANA registry).
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
+CLOSE_INVALID_DATA = 1007  # (1009, a message too big, is sent by uvicorn: --max-message-size)
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -246,7 +246,7 @@ class WebSocketEndpoint:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_keepalives())
 
     async def _sweep_keepalives(self) -> None:
-        """One task for every socket: a peer sent nothing for ``keepalive`` seconds gets a no-op
+        """One task for all sockets: a peer sent nothing for ``keepalive`` seconds gets a no-op
         message, since browsers cannot see pings and the stock client drops silent sockets."""
         interval = self.limits.keepalive
         while self.peers:
@@ -254,7 +254,6 @@ class WebSocketEndpoint:
             due = time.monotonic() - interval
             for peer in list(self.peers):
                 if peer.last_sent <= due and peer.drain_task is None:
-                    peer.last_sent = time.monotonic()
                     peer.send(KEEPALIVE_FRAME)
 
     def close_all(self, code: int, reason: str) -> None:
