@@ -14,12 +14,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from collab import __version__
+from collab import __version__, codes
+from collab.admission import Admission
 from collab.bus import Bus, open_bus
 from collab.config import Settings, redact_url
 from collab.rooms import Rooms
 from collab.store import Store, open_store
-from collab.transport.websocket import CLOSE_SERVICE_RESTART, Limits, WebSocketEndpoint
+from collab.transport.websocket import Limits, WebSocketEndpoint
 
 log = logging.getLogger("collab")
 
@@ -74,10 +75,10 @@ class Collab:
         self.rooms = Rooms(self.store, self.bus, idle_seconds=settings.room_idle,
                            durable_acks=settings.durable_acks)
         self.accepting = False
+        self.admission = Admission(is_accepting=lambda: self.accepting)
         self.sockets = WebSocketEndpoint(
-            self.rooms,
+            self.rooms, self.admission,
             Limits(max_send_buffer=settings.max_send_buffer, keepalive=settings.keepalive),
-            is_accepting=lambda: self.accepting,
         )
 
     async def start(self) -> None:
@@ -115,7 +116,7 @@ class Collab:
     async def stop(self) -> None:
         """Take no new clients, close the ones left with 1012, flush everything to the store."""
         self.accepting = False
-        self.sockets.close_all(CLOSE_SERVICE_RESTART, "server restarting, reconnect")
+        self.sockets.close_all(codes.SERVICE_RESTART.close, "server restarting, reconnect")
         await self.rooms.close()
         await self.store.close()
         await self.bus.close()
@@ -141,7 +142,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "instance": settings.instance_id,
             "accepting": collab.accepting,
             "rooms": len(rooms),
-            "peers": collab.rooms.peer_count,
+            "peers": collab.rooms.member_count,
             "updates_applied": collab.rooms.updates_applied,
             "bus_healthy": collab.bus.healthy,
             "bus": collab.bus.metrics(),

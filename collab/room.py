@@ -1,9 +1,14 @@
 """One live document on this instance: the rules of who gets what, with no I/O of its own.
 
-Peers are anything with ``send(frame)`` (queue a frame, never block) and ``close(code, reason)``.
-The room applies what clients send, broadcasts what the engine produced from it (never a client's
-raw bytes), appends it to the store and publishes it on the bus. Everything here runs on the event
-loop without awaiting, so handling one message is atomic with respect to every other.
+A transport hands the room a :class:`Peer`, which can only ``send(frame)`` (queue a frame, never
+block) and ``close(code, reason)``, together with the :class:`~collab.admission.Access` admission
+granted; :meth:`Room.join` returns the :class:`Member` record through which the transport passes
+that client's messages and, at the end, its leaving. Everything else the room knows about the
+client lives in the member, so a WebSocket and an HTTP fallback session are members alike.
+
+The room applies what writers send, broadcasts what the engine produced from it (never a
+client's raw bytes), appends it to the store and publishes it on the bus. Everything here runs on
+the event loop without awaiting, so handling one message is atomic with respect to every other.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from collab import crdt, protocol
+from collab import codes, crdt, protocol
+from collab.admission import Access
 from collab.bus import Bus, BusMessage, Kind
 from collab.protocol import AwarenessEntry
 from collab.store import Store, StoredDocument
@@ -29,22 +36,42 @@ REMOTE_AWARENESS_TIMEOUT = 30.0
 """Presence heard from another instance that is not renewed within this time is dropped
 (stock clients renew theirs every 15 s; the same timeout they apply)."""
 
+READ_ONLY_FRAME = protocol.encode_auth_denied(codes.READ_ONLY_REASON)
+
 
 class Peer(Protocol):
-    """What a room needs from a connected client (a transport adapter provides it)."""
+    """How a room reaches one client: all a transport has to provide."""
 
-    synced: bool
-    """Set once the peer's step 1 was answered: only then does it receive broadcasts."""
-    wants_acks: bool
+    def send(self, frame: bytes) -> None:
+        """Queue one encoded message for the client; never blocks, never raises."""
+
+    def close(self, code: int, reason: str) -> None:
+        """End the client's connection (the transport then calls :meth:`Room.leave`)."""
+
+
+@dataclass(slots=True, eq=False)
+class Member:
+    """What the room knows about one client of this instance, from join to leave."""
+
+    room: Room
+    peer: Peer
+    access: Access
+    wants_acks: bool = False
     """The client asked to hear, per message it sent, when the store has committed it."""
-    awareness_ids: AbstractSet[int]
-    """The awareness client ids this peer has announced (removed for all when it leaves)."""
-    acks: deque[tuple[asyncio.Future[object], bytes]] | None
+    synced: bool = False
+    """Set once the client's step 1 was answered: only then does it receive broadcasts."""
+    awareness_ids: AbstractSet[int] = frozenset()
+    """The awareness client ids it brought into the room (removed for all when it leaves)."""
+    acks: deque[tuple[asyncio.Future[object], bytes]] | None = None
     """Acks waiting for their commit, in arrival order (created on first use)."""
 
-    def send(self, frame: bytes) -> None: ...
+    @property
+    def may_write(self) -> bool:
+        return self.access.may_write
 
-    def close(self, code: int, reason: str) -> None: ...
+    @property
+    def user(self) -> Mapping[str, Any]:
+        return self.access.user
 
 
 @dataclass(slots=True)
@@ -68,9 +95,10 @@ class Room:
         self.bus = bus
         self.durable_acks = durable_acks
         self.doc = crdt.Document()
-        self.peers: set[Peer] = set()
+        self.members: set[Member] = set()
         self.presence: dict[int, PresenceState] = {}
         self.updates_applied = 0
+        self.updates_refused_read_only = 0
         self._catching_up: asyncio.Task[None] | None = None
         self._full_step2: bytes | None = None
 
@@ -92,20 +120,26 @@ class Room:
             if produced is not None:
                 self._broadcast(protocol.encode_sync_update(produced), exclude=None)
 
-    # --- peers ------------------------------------------------------------------------------
+    # --- members ----------------------------------------------------------------------------
 
-    def join(self, peer: Peer) -> None:
-        self.peers.add(peer)
+    def join(self, peer: Peer, access: Access, *, wants_acks: bool = False) -> Member:
+        """Admit an admitted client: it is sent the server's step 1 and the live presence, and a
+        read-only client is told once that its changes go nowhere."""
+        member = Member(self, peer, access, wants_acks=wants_acks)
+        self.members.add(member)
         peer.send(protocol.encode_sync_step1(self.doc.state_vector()))
+        if not member.may_write:
+            peer.send(READ_ONLY_FRAME)
         if self.live_presence():
             peer.send(self._presence_frame())
+        return member
 
-    def leave(self, peer: Peer) -> None:
-        """Drop the peer and, for everyone else at once, its presence."""
-        self.peers.discard(peer)
-        peer.acks = None
+    def leave(self, member: Member) -> None:
+        """Drop the member and, for everyone else at once, its presence."""
+        self.members.discard(member)
+        member.acks = None
         removed = []
-        for client_id in peer.awareness_ids:
+        for client_id in member.awareness_ids:
             state = self.presence.get(client_id)
             if state is not None and not state.entry.is_removal:
                 removed.append(AwarenessEntry(client_id, state.entry.clock, "null"))
@@ -114,18 +148,21 @@ class Room:
 
     # --- messages from clients --------------------------------------------------------------
 
-    def receive(self, peer: Peer, message: protocol.Message) -> None:
+    def receive(self, member: Member, message: protocol.Message) -> None:
         """Handle one decoded client message. Raises :class:`crdt.InvalidUpdate` or
         :class:`protocol.ProtocolError` for input the transport must refuse."""
         if isinstance(message, (protocol.SyncUpdate, protocol.SyncStep2)):
-            self._receive_update(peer, message.update)
+            if member.may_write:
+                self._receive_update(member, message.update)
+            else:  # told at join; resends after a reconnect land here too
+                self.updates_refused_read_only += 1
         elif isinstance(message, protocol.SyncStep1):
-            peer.send(self._step2_for(message.state_vector))
-            peer.synced = True
+            member.peer.send(self._step2_for(message.state_vector))
+            member.synced = True
         elif isinstance(message, protocol.AwarenessUpdate):
-            self._receive_awareness(peer, message.payload)
+            self._receive_awareness(member, message.payload)
         elif isinstance(message, protocol.QueryAwareness):
-            peer.send(self._presence_frame())
+            member.peer.send(self._presence_frame())
         # Auth messages from a client carry nothing the server acts on.
 
     def _apply(self, update: bytes) -> bytes | None:
@@ -143,49 +180,49 @@ class Room:
             self._full_step2 = protocol.encode_sync_step2(self.doc.full_state())
         return self._full_step2
 
-    def _receive_update(self, peer: Peer, update: bytes) -> None:
+    def _receive_update(self, member: Member, update: bytes) -> None:
         produced = self._apply(update)
-        acks = self.durable_acks and peer.wants_acks
+        acks = self.durable_acks and member.wants_acks
         if produced is None:
             if acks and self.doc.covers(update):
-                self._ack(peer, self.store.committed(), protocol.encode_sync_update(crdt.merge([update])))
+                self._ack(member, self.store.committed(), protocol.encode_sync_update(crdt.merge([update])))
             return
         self.updates_applied += 1
         frame = protocol.encode_sync_update(produced)
-        self._broadcast(frame, exclude=peer)
+        self._broadcast(frame, exclude=member)
         committed = self.store.append(self.name, produced)
         self.bus.publish(self.name, Kind.UPDATE, produced, durable=committed)
         if acks:
-            self._ack(peer, committed, frame)
+            self._ack(member, committed, frame)
 
-    def _ack(self, peer: Peer, committed: asyncio.Future[object], frame: bytes) -> None:
-        """Echo ``frame`` to ``peer`` once ``committed`` resolves, keeping the peer's acks in
-        the order its messages arrived."""
-        if peer.acks is None:
-            peer.acks = deque()
-        peer.acks.append((committed, frame))
-        committed.add_done_callback(lambda future: self._on_committed(peer, future))
+    def _ack(self, member: Member, committed: asyncio.Future[object], frame: bytes) -> None:
+        """Echo ``frame`` to ``member`` once ``committed`` resolves, keeping its acks in the
+        order its messages arrived."""
+        if member.acks is None:
+            member.acks = deque()
+        member.acks.append((committed, frame))
+        committed.add_done_callback(lambda future: self._on_committed(member, future))
 
-    def _on_committed(self, peer: Peer, committed: asyncio.Future[object]) -> None:
+    def _on_committed(self, member: Member, committed: asyncio.Future[object]) -> None:
         _retrieve(committed)
-        self._release_acks(peer)
+        self._release_acks(member)
 
-    def _release_acks(self, peer: Peer) -> None:
-        while peer.acks and peer.acks[0][0].done():  # None once the peer left
-            committed, frame = peer.acks.popleft()
+    def _release_acks(self, member: Member) -> None:
+        while member.acks and member.acks[0][0].done():  # None once the member left
+            committed, frame = member.acks.popleft()
             if committed.cancelled() or committed.exception() is not None:
                 continue  # not durable: no ack; the client keeps it and resends on reconnect
-            if peer in self.peers:
-                peer.send(frame)
+            if member in self.members:
+                member.peer.send(frame)
 
-    def _receive_awareness(self, peer: Peer, payload: bytes) -> None:
+    def _receive_awareness(self, member: Member, payload: bytes) -> None:
         entries = protocol.decode_awareness_payload(payload)
         accepted, appeared = self._merge_presence(entries, local=True)
-        # A peer owns the clients it brought into the room, not every state it relays (stock
+        # A member owns the clients it brought into the room, not every state it relays (stock
         # clients re-send everything they hear): its leaving removes only those.
         gone = {e.client_id for e in accepted if e.is_removal}
-        if appeared or gone & peer.awareness_ids:
-            peer.awareness_ids = (peer.awareness_ids | appeared) - gone
+        if appeared or gone & member.awareness_ids:
+            member.awareness_ids = (member.awareness_ids | appeared) - gone
         self._announce_presence(accepted, publish=True)
 
     def _merge_presence(self, entries: list[AwarenessEntry], *,
@@ -265,17 +302,17 @@ class Room:
     # --- fan-out ----------------------------------------------------------------------------
 
     def _announce_presence(self, entries: list[AwarenessEntry], *, publish: bool) -> None:
-        """Tell every local peer, the sender included (the stock client drops a socket that
+        """Tell every local member, the sender included (the stock client drops a socket that
         hears nothing), and with ``publish`` the other instances."""
         if not entries:
             return
         payload = protocol.encode_awareness_payload(entries)
-        self._broadcast(protocol.encode_awareness(payload), exclude=None, all_peers=True)
+        self._broadcast(protocol.encode_awareness(payload), exclude=None, everyone=True)
         if publish:
             self.bus.publish(self.name, Kind.AWARENESS, payload)
 
-    def _broadcast(self, frame: bytes, *, exclude: Peer | None, all_peers: bool = False) -> None:
-        """Queue one encoded frame for every (synced) peer; the bytes object is shared."""
-        for peer in self.peers:
-            if peer is not exclude and (all_peers or peer.synced):
-                peer.send(frame)
+    def _broadcast(self, frame: bytes, *, exclude: Member | None, everyone: bool = False) -> None:
+        """Queue one encoded frame for every (synced) member; the bytes object is shared."""
+        for member in self.members:
+            if member is not exclude and (everyone or member.synced):
+                member.peer.send(frame)

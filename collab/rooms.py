@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from collab.admission import Access
 from collab.bus import Bus
-from collab.room import Peer, Room
+from collab.room import Member, Peer, Room
 from collab.store import Store
 
 log = logging.getLogger("collab.rooms")
@@ -34,17 +35,19 @@ class Rooms:
     def start(self) -> None:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="rooms-housekeeping")
 
-    async def join(self, name: str, peer: Peer) -> Room:
+    async def join(self, name: str, peer: Peer, access: Access, *, wants_acks: bool = False) -> Member:
+        """Join the room ``name`` (loading it if need be); see :meth:`Room.join`."""
         room = await self.get(name)
         eviction = self._evictions.pop(name, None)
         if eviction is not None:
             eviction.cancel()
-        room.join(peer)
-        return room
+        return room.join(peer, access, wants_acks=wants_acks)
 
-    def leave(self, room: Room, peer: Peer) -> None:
-        room.leave(peer)
-        if not room.peers and room.name not in self._evictions:
+    def leave(self, member: Member) -> None:
+        """The member's client is gone; its room is evicted once idle."""
+        room = member.room
+        room.leave(member)
+        if not room.members and room.name not in self._evictions:
             self._evictions[room.name] = asyncio.create_task(self._evict_later(room))
 
     async def get(self, name: str) -> Room:
@@ -90,13 +93,13 @@ class Rooms:
 
     async def _evict(self, room: Room) -> None:
         await self.store.flush()
-        if room.peers:
+        if room.members:
             return
         try:
             await self.store.compact(room.name)
         except Exception:
             log.exception("compaction of %r on eviction failed; the log is kept", room.name)
-        if room.peers or self.rooms.get(room.name) is not room:
+        if room.members or self.rooms.get(room.name) is not room:
             return
         del self.rooms[room.name]
         self._updates_of_evicted_rooms += room.updates_applied
@@ -135,5 +138,5 @@ class Rooms:
         return self._updates_of_evicted_rooms + sum(r.updates_applied for r in self.rooms.values())
 
     @property
-    def peer_count(self) -> int:
-        return sum(len(room.peers) for room in self.rooms.values())
+    def member_count(self) -> int:
+        return sum(len(room.members) for room in self.rooms.values())

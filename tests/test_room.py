@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from collab import crdt, protocol
+from collab.admission import READ, WRITE, Access
 from collab.bus import BusMessage, Kind, LocalBus
 from collab.protocol import AwarenessEntry
-from collab.room import Room
+from collab.room import Member, Room
 from collab.rooms import Rooms
 from collab.store import Store, open_store
 
@@ -21,10 +21,6 @@ class RecordingPeer:
     """A peer that keeps what it is sent (the transport's WebSocketPeer sends it instead)."""
 
     def __init__(self) -> None:
-        self.synced = False
-        self.wants_acks = True
-        self.awareness_ids: frozenset[int] = frozenset()
-        self.acks: deque[tuple[asyncio.Future[object], bytes]] | None = None
         self.sent: list[protocol.Message] = []
         self.closed: tuple[int, str] | None = None
 
@@ -34,8 +30,14 @@ class RecordingPeer:
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
-    def updates(self) -> list[bytes]:
-        return [m.update for m in self.sent if isinstance(m, protocol.SyncUpdate)]
+
+def sent(member: Member) -> list[protocol.Message]:
+    assert isinstance(member.peer, RecordingPeer)
+    return member.peer.sent
+
+
+def updates(member: Member) -> list[bytes]:
+    return [m.update for m in sent(member) if isinstance(m, protocol.SyncUpdate)]
 
 
 class RecordingBus(LocalBus):
@@ -55,11 +57,10 @@ async def store() -> AsyncIterator[Store]:
     await store.close()
 
 
-def joined(room: Room) -> RecordingPeer:
-    peer = RecordingPeer()
-    room.join(peer)
-    room.receive(peer, protocol.SyncStep1(crdt.Document().state_vector()))
-    return peer
+def joined(room: Room, access: Access = WRITE, *, wants_acks: bool = True) -> Member:
+    member = room.join(RecordingPeer(), access, wants_acks=wants_acks)
+    room.receive(member, protocol.SyncStep1(crdt.Document().state_vector()))
+    return member
 
 
 def edit(text: str) -> bytes:
@@ -71,13 +72,12 @@ def edit(text: str) -> bytes:
 async def test_join_sends_step1_and_answers_step1_with_the_document(store: Store) -> None:
     room = Room("r", store, RecordingBus())
     room.doc.apply(edit("hello"))
-    peer = RecordingPeer()
-    room.join(peer)
-    assert isinstance(peer.sent[0], protocol.SyncStep1)
+    peer = room.join(RecordingPeer(), WRITE)
+    assert isinstance(sent(peer)[0], protocol.SyncStep1)
     assert not peer.synced
     room.receive(peer, protocol.SyncStep1(crdt.Document().state_vector()))
     assert peer.synced
-    step2 = peer.sent[1]
+    step2 = sent(peer)[1]
     assert isinstance(step2, protocol.SyncStep2)
     assert crdt.document_from([step2.update]).text() == "hello"
 
@@ -86,12 +86,11 @@ async def test_an_update_reaches_synced_peers_store_and_bus_but_not_its_sender(s
     bus = RecordingBus()
     room = Room("r", store, bus, durable_acks=False)
     alice, bob = joined(room), joined(room)
-    late = RecordingPeer()
-    room.join(late)  # handshake not done yet: gets no broadcast
+    late = room.join(RecordingPeer(), WRITE)  # handshake not done yet: gets no broadcast
     room.receive(alice, protocol.SyncUpdate(edit("hi")))
-    assert alice.updates() == []
-    assert len(bob.updates()) == 1
-    assert late.updates() == []
+    assert updates(alice) == []
+    assert len(updates(bob)) == 1
+    assert updates(late) == []
     assert [(r, k) for r, k, _ in bus.published] == [("r", Kind.UPDATE)]
     await store.flush()
     assert crdt.document_from((await store.load("r")).updates).text() == "hi"
@@ -103,7 +102,7 @@ async def test_the_broadcast_is_what_the_engine_produced_not_the_clients_bytes(s
     raw = edit("x") + b"\x00junk"  # trailing bytes the decoder ignores
     room.receive(alice, protocol.SyncUpdate(raw))
     assert room.doc.text() == "x"
-    [forwarded] = bob.updates()
+    [forwarded] = updates(bob)
     assert forwarded != raw and b"junk" not in forwarded
 
 
@@ -116,7 +115,7 @@ async def test_a_duplicate_is_neither_broadcast_nor_stored(store: Store) -> None
     room.receive(alice, protocol.SyncUpdate(update))
     room.receive(bob, protocol.SyncStep2(update))
     await store.flush()
-    assert len(bob.updates()) == 1 and len(bus.published) == 1
+    assert len(updates(bob)) == 1 and len(bus.published) == 1
     assert len((await store.load("r")).updates) == 1
 
 
@@ -139,10 +138,10 @@ async def test_acks_follow_the_commit_in_order_including_duplicates(store: Store
     room.receive(alice, protocol.SyncUpdate(first))
     room.receive(alice, protocol.SyncUpdate(first))  # duplicate: acked with its content
     room.receive(alice, protocol.SyncUpdate(second))
-    assert alice.updates() == []  # nothing before the commit
+    assert updates(alice) == []  # nothing before the commit
     await store.flush()
     await asyncio.sleep(0)  # let the commit callbacks run
-    acks = alice.updates()
+    acks = updates(alice)
     assert len(acks) == 3
     assert crdt.document_from([acks[0]]).text() == "a"
     assert crdt.document_from([acks[1]]).text() == "a"
@@ -157,14 +156,13 @@ async def test_leaving_removes_the_peers_presence_for_everyone(store: Store) -> 
     room.receive(alice, protocol.AwarenessUpdate(protocol.encode_awareness_payload([state])))
     # Echoed to the sender too (it keeps the stock client's socket alive).
     for peer in (alice, bob):
-        last = peer.sent[-1]
+        last = sent(peer)[-1]
         assert isinstance(last, protocol.AwarenessUpdate)
         assert protocol.decode_awareness_payload(last.payload) == [state]
-    newcomer = RecordingPeer()
-    room.join(newcomer)
-    assert protocol.decode_awareness_payload(newcomer.sent[1].payload) == [state]  # type: ignore[union-attr]
+    newcomer = room.join(RecordingPeer(), WRITE)
+    assert protocol.decode_awareness_payload(sent(newcomer)[1].payload) == [state]  # type: ignore[union-attr]
     room.leave(alice)
-    removal = protocol.decode_awareness_payload(bob.sent[-1].payload)  # type: ignore[union-attr]
+    removal = protocol.decode_awareness_payload(sent(bob)[-1].payload)  # type: ignore[union-attr]
     assert removal == [AwarenessEntry(42, 3, "null")]  # same clock: a removal wins a tie
     assert room.live_presence() == []
     assert bus.published[-1][1] is Kind.AWARENESS
@@ -191,7 +189,7 @@ async def test_query_awareness_is_answered(store: Store) -> None:
     entry = AwarenessEntry(1, 1, '{"x":true}')
     room.receive(alice, protocol.AwarenessUpdate(protocol.encode_awareness_payload([entry])))
     room.receive(alice, protocol.QueryAwareness())
-    assert protocol.decode_awareness_payload(alice.sent[-1].payload) == [entry]  # type: ignore[union-attr]
+    assert protocol.decode_awareness_payload(sent(alice)[-1].payload) == [entry]  # type: ignore[union-attr]
 
 
 async def test_bus_messages_are_applied_locally_and_never_republished(store: Store) -> None:
@@ -200,7 +198,7 @@ async def test_bus_messages_are_applied_locally_and_never_republished(store: Sto
     bob = joined(room)
     room.on_bus_message(BusMessage("r", Kind.UPDATE, edit("remote")))
     room.on_bus_message(BusMessage("r", Kind.UPDATE, b"\x01broken"))  # ignored, logged
-    assert room.doc.text() == "remote" and len(bob.updates()) == 1
+    assert room.doc.text() == "remote" and len(updates(bob)) == 1
     assert bus.published == []
     await store.flush()
     assert (await store.load("r")).updates == []  # the publishing instance stored it
@@ -216,7 +214,7 @@ async def test_remote_presence_expires_when_no_longer_renewed(store: Store) -> N
     assert 9 in room.presence
     room.expire_remote_presence(now=room.presence[9].heard_at + 31)
     assert room.presence[9].entry.is_removal and room.live_presence() == []
-    assert protocol.decode_awareness_payload(bob.sent[-1].payload)[0].is_removal  # type: ignore[union-attr]
+    assert protocol.decode_awareness_payload(sent(bob)[-1].payload)[0].is_removal  # type: ignore[union-attr]
 
 
 async def test_concurrent_joins_load_the_room_once(store: Store) -> None:
@@ -233,24 +231,23 @@ async def test_concurrent_joins_load_the_room_once(store: Store) -> None:
 
     store.load = counting_load  # type: ignore[method-assign]
     rooms = Rooms(store, LocalBus(), idle_seconds=0)
-    peers = [RecordingPeer() for _ in range(50)]
-    joined_rooms = await asyncio.gather(*(rooms.join("r", p) for p in peers))
-    assert loads == 1 and len({id(r) for r in joined_rooms}) == 1
-    assert joined_rooms[0].doc.text() == "stored"
+    members = await asyncio.gather(*(rooms.join("r", RecordingPeer(), WRITE) for _ in range(50)))
+    assert loads == 1 and len({id(m.room) for m in members}) == 1
+    assert members[0].room.doc.text() == "stored"
 
 
 async def test_an_idle_room_is_flushed_compacted_and_evicted(store: Store) -> None:
     rooms = Rooms(store, LocalBus(), idle_seconds=0.01)
-    peer = RecordingPeer()
-    room = await rooms.join("r", peer)
+    member = await rooms.join("r", RecordingPeer(), WRITE)
+    room = member.room
     for word in ("a", "b", "c"):
-        room.receive(peer, protocol.SyncUpdate(edit(word)))
-    rooms.leave(room, peer)
+        room.receive(member, protocol.SyncUpdate(edit(word)))
+    rooms.leave(member)
     await asyncio.wait_for(_until(lambda: "r" not in rooms.rooms), 5)
     stored = await store.load("r")
     assert len(stored.updates) == 1  # compacted into one snapshot
     assert sorted(crdt.document_from(stored.updates).text()) == ["a", "b", "c"]
-    again = await rooms.join("r", RecordingPeer())
+    again = (await rooms.join("r", RecordingPeer(), WRITE)).room
     assert again is not room and sorted(again.doc.text()) == ["a", "b", "c"]
 
 
@@ -266,20 +263,19 @@ async def test_the_shared_answer_to_empty_joiners_follows_every_change(store: St
     first = joined(room)
     room.on_bus_message(BusMessage("r", Kind.UPDATE, edit("two ")))
     second = joined(room)
-    texts = [crdt.document_from([p.sent[1].update]).text() for p in (first, second)]  # type: ignore[union-attr]
+    texts = [crdt.document_from([sent(p)[1].update]).text() for p in (first, second)]  # type: ignore[union-attr]
     assert texts[0] == "one " and sorted(texts[1].split()) == ["one", "two"]
 
 
 async def test_acks_go_only_to_clients_that_asked(store: Store) -> None:
     room = Room("r", store, RecordingBus())
-    asker, plain = joined(room), joined(room)
-    plain.wants_acks = False
+    asker, plain = joined(room), joined(room, wants_acks=False)
     room.receive(plain, protocol.SyncUpdate(edit("p")))
     room.receive(asker, protocol.SyncUpdate(edit("a")))
     await store.flush()
     await asyncio.sleep(0)  # let the commit callbacks run
-    assert [crdt.document_from([u]).text() for u in plain.updates()] == ["a"]  # the broadcast only
-    assert [crdt.document_from([u]).text() for u in asker.updates()] == ["p", "a"]  # broadcast, ack
+    assert [crdt.document_from([u]).text() for u in updates(plain)] == ["a"]  # the broadcast only
+    assert [crdt.document_from([u]).text() for u in updates(asker)] == ["p", "a"]  # broadcast, ack
 
 
 async def test_a_peer_owns_only_the_presence_it_brought_not_what_it_relays(store: Store) -> None:
@@ -317,8 +313,33 @@ async def test_a_failed_load_reaches_every_waiting_joiner_and_the_next_join_retr
 
     store.load = flaky_load  # type: ignore[method-assign]
     rooms = Rooms(store, LocalBus(), idle_seconds=0)
-    results = await asyncio.gather(*(rooms.join("r", RecordingPeer()) for _ in range(3)),
+    results = await asyncio.gather(*(rooms.join("r", RecordingPeer(), WRITE) for _ in range(3)),
                                    return_exceptions=True)
     assert all(isinstance(r, OSError) for r in results)
     assert "r" not in rooms.rooms
-    assert isinstance(await rooms.join("r", RecordingPeer()), Room)
+    assert isinstance((await rooms.join("r", RecordingPeer(), WRITE)).room, Room)
+
+
+async def test_a_read_only_member_sees_everything_is_told_once_and_changes_nothing(
+        store: Store) -> None:
+    bus = RecordingBus()
+    room = Room("r", store, bus)
+    writer, reader = joined(room), joined(room, READ)
+    denials = [m for m in sent(reader) if isinstance(m, protocol.Auth)]
+    assert denials == [protocol.Auth(denied=True, reason="read-only")]
+    room.receive(writer, protocol.SyncUpdate(edit("shared")))
+    assert [crdt.document_from([u]).text() for u in updates(reader)] == ["shared"]
+    published = len(bus.published)
+    forged = edit("forged")
+    for _attempt in range(3):  # as after reconnects: sent again, still refused, still no loop
+        room.receive(reader, protocol.SyncStep2(forged))
+        room.receive(reader, protocol.SyncUpdate(forged))
+    assert room.doc.text() == "shared" and updates(writer) == []
+    assert len(bus.published) == published and room.updates_refused_read_only == 6
+    assert [m for m in sent(reader) if isinstance(m, protocol.Auth)] == denials
+    assert reader.peer.closed is None  # type: ignore[attr-defined]
+    await store.flush()
+    assert crdt.document_from((await store.load("r")).updates).text() == "shared"
+    state = AwarenessEntry(5, 1, '{"user":{"name":"Reader"}}')
+    room.receive(reader, protocol.AwarenessUpdate(protocol.encode_awareness_payload([state])))
+    assert room.live_presence() == [state]  # a reader still shows its cursor

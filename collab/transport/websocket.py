@@ -1,9 +1,10 @@
-"""The y-websocket transport: one WebSocket, one peer, one room.
+"""The y-websocket transport: one WebSocket, one peer, one room member.
 
-A thin shell around :class:`collab.room.Room`: it validates the room name before accepting,
-decodes frames with :mod:`collab.protocol`, hands outgoing frames to the socket at once while
-it is writable, and bounds what may wait behind a socket that is not, so a slow client is
-disconnected instead of buffered without bound.
+A thin shell around :class:`collab.room.Room`: it asks :mod:`collab.admission` before accepting
+(a refusal is an HTTP answer to the upgrade: nothing of the document flows), decodes frames
+with :mod:`collab.protocol`, hands outgoing frames to the socket at once while it is writable,
+and bounds what may wait behind a socket that is not, so a slow client is disconnected instead
+of buffered without bound.
 """
 
 from __future__ import annotations
@@ -13,66 +14,39 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from collections.abc import Set as AbstractSet
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
 
-from collab import crdt, protocol
-from collab.room import Room
+from collab import codes, crdt, protocol
+from collab.admission import Access, AccessRequest, Admission, Refused
+from collab.codes import close_reason
+from collab.room import Member
 from collab.rooms import Rooms
 
 log = logging.getLogger("collab.ws")
 
-# Close codes (RFC 6455 and the IANA registry).
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_INVALID_DATA = 1007  # (1009, a message too big, is sent by uvicorn: --max-message-size)
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_TRY_AGAIN_LATER = 1013
-
-MAX_ROOM_NAME_BYTES = 255
+PATH_PREFIX = "/ws/"
 KEEPALIVE_FRAME = protocol.encode_awareness(protocol.encode_awareness_payload([]))
 """An awareness update with no entries: a no-op for every client, but a message."""
 
 
-class InvalidRoomName(ValueError):
-    pass
-
-
-def room_name_from_path(raw_path: bytes, prefix: str = "/ws/") -> str:
-    """The room name exactly as the client sent it (still percent-encoded), validated."""
+def document_from_path(raw_path: bytes, prefix: str = PATH_PREFIX) -> str:
+    """The document name exactly as the client sent it (still percent-encoded); admission
+    judges whether it is a valid one."""
     path = raw_path.decode("latin-1")
     if not path.startswith(prefix):
-        raise InvalidRoomName("the URL must be /ws/<room name>")
-    name = path[len(prefix):]
-    if not name:
-        raise InvalidRoomName("the room name is empty")
-    if len(name.encode("utf-8")) > MAX_ROOM_NAME_BYTES:
-        raise InvalidRoomName(f"the room name is longer than {MAX_ROOM_NAME_BYTES} bytes")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in unquote(name, errors="replace")):
-        raise InvalidRoomName("the room name contains control characters")
-    return name
+        raise Refused(codes.BAD_REQUEST, f"the URL must be {prefix}<room name>")
+    return path[len(prefix):]
 
 
-def close_reason(text: str, limit: int = 123) -> str:
-    """A close reason within the 123 UTF-8 bytes a close frame allows, cut at a word."""
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    cut = data[:limit - 3].decode("utf-8", errors="ignore")
-    return cut.rsplit(" ", 1)[0] + "..."
-
-
-def wants_acks(scope: Scope) -> bool:
+def wants_acks(request: AccessRequest) -> bool:
     """Durable acks are for clients that ask (``?acks=1``, as the editor does): a stock client
     would only pay the bandwidth of echoes it ignores."""
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    return query.get("acks", ["0"])[-1].lower() in ("1", "true", "yes")
+    return request.query.get("acks", "0").lower() in ("1", "true", "yes")
 
 
 def display_name(name: str) -> str:
@@ -89,17 +63,16 @@ class Limits:
 
 
 class WebSocketPeer:
-    """A connected client: a bounded outgoing queue and the state the room keeps on it.
+    """A connected client's socket, as the room sees it: a bounded outgoing queue.
 
     An idle peer costs no task of its own: a drain task exists only while frames are queued,
     and keepalives come from one sweeper for all peers.
     """
 
-    __slots__ = ("acks", "awareness_ids", "close_request", "drain_task", "last_sent", "limits",
-                 "queue", "queued_bytes", "reader_task", "send_event", "synced", "wants_acks")
+    __slots__ = ("close_request", "drain_task", "last_sent", "limits", "queue", "queued_bytes",
+                 "reader_task", "send_event")
 
-    def __init__(self, send_event: Send, limits: Limits, reader_task: asyncio.Task[object],
-                 *, wants_acks: bool = False) -> None:
+    def __init__(self, send_event: Send, limits: Limits, reader_task: asyncio.Task[object]) -> None:
         self.send_event = send_event
         self.limits = limits
         self.reader_task = reader_task
@@ -108,10 +81,6 @@ class WebSocketPeer:
         self.drain_task: asyncio.Task[None] | None = None
         self.last_sent = time.monotonic()
         self.close_request: tuple[int, str] | None = None
-        self.synced = False
-        self.wants_acks = wants_acks
-        self.awareness_ids: AbstractSet[int] = frozenset()
-        self.acks: deque[tuple[asyncio.Future[object], bytes]] | None = None
 
     def send(self, frame: bytes) -> None:
         if self.close_request is not None:
@@ -128,7 +97,7 @@ class WebSocketPeer:
             # A single frame of any size may wait (a big document's step 2); a backlog may not.
             queue.clear()
             self.queued_bytes = 0
-            self.close(CLOSE_TRY_AGAIN_LATER, "client too slow: send buffer full, reconnect")
+            self.close(codes.TRY_AGAIN.close, "client too slow: send buffer full, reconnect")
             self.drain_task.cancel()  # it may be stuck in a send the client never reads
             self.reader_task.cancel()
 
@@ -171,7 +140,7 @@ class WebSocketPeer:
         """Send what is queued and the close frame; give up on a client that reads nothing."""
         if self.drain_task is not None:
             await asyncio.wait({self.drain_task}, timeout=5.0)  # never raises
-        code, reason = self.close_request or (1000, "")
+        code, reason = self.close_request or (codes.NORMAL.close, "")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.send_event({"type": "websocket.close", "code": code,
                                                     "reason": reason}), 2.0)
@@ -180,66 +149,73 @@ class WebSocketPeer:
 class WebSocketEndpoint:
     """The ASGI endpoint for ``/ws/<room>``: raw ASGI, since every frame passes through here."""
 
-    def __init__(self, rooms: Rooms, limits: Limits, *, is_accepting: Callable[[], bool]) -> None:
+    def __init__(self, rooms: Rooms, admission: Admission, limits: Limits) -> None:
         self.rooms = rooms
+        self.admission = admission
         self.limits = limits
-        self.is_accepting = is_accepting
         self.peers: set[WebSocketPeer] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            name = room_name_from_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
-        except InvalidRoomName as exc:
-            await deny(scope, send, 400, str(exc))
+            name = document_from_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
+            request = AccessRequest.from_scope(scope, name, "websocket")
+            access = await self.admission.admit(request)
+        except Refused as refused:
+            await deny(scope, send, refused)
             return
-        if not self.is_accepting():
-            await deny(scope, send, 503, "shutting down")
-            return
+        try:
+            await self._serve(scope, receive, send, request, access)
+        finally:
+            access.release()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, request: AccessRequest,
+                     access: Access) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
         task = asyncio.current_task()
         assert task is not None
-        peer = WebSocketPeer(send, self.limits, task, wants_acks=wants_acks(scope))
+        peer = WebSocketPeer(send, self.limits, task)
         # The handshake's headers are not read again; a socket that lives for hours should not
         # keep them (about 1 KiB of every idle connection).
         scope["headers"] = ()
         self.peers.add(peer)
         self._start_sweeper()
-        room: Room | None = None
+        member: Member | None = None
         try:
-            room = await self.rooms.join(name, peer)
+            member = await self.rooms.join(request.document, peer, access,
+                                           wants_acks=wants_acks(request))
             # The read loop is inline: one coroutine frame less on every idle connection.
             while peer.close_request is None:
                 message = await receive()
                 if message["type"] != "websocket.receive":
                     break  # websocket.disconnect
-                self._handle_frame(room, peer, message.get("bytes"))
+                self._handle_frame(member, peer, message.get("bytes"))
         except asyncio.CancelledError:
             if peer.close_request is None:
                 raise
             task.uncancel()  # cancelled by send() to drop a slow client: close it below
         except Exception:
-            log.exception("room %r: connection failed", display_name(name))
-            peer.close(CLOSE_INTERNAL_ERROR, "internal error")
+            log.exception("room %r: connection failed", display_name(request.document))
+            peer.close(codes.INTERNAL_ERROR.close, "internal error")
         finally:
             self.peers.discard(peer)
-            if room is not None:
-                self.rooms.leave(room, peer)
+            if member is not None:
+                self.rooms.leave(member)
         await peer.finish()
 
     @staticmethod
-    def _handle_frame(room: Room, peer: WebSocketPeer, data: bytes | None) -> None:
+    def _handle_frame(member: Member, peer: WebSocketPeer, data: bytes | None) -> None:
         if data is None:
-            peer.close(CLOSE_UNSUPPORTED_DATA, "text frames are not supported; send binary")
+            peer.close(codes.TEXT_FRAME.close, "text frames are not supported; send binary")
             return
         try:
-            room.receive(peer, protocol.decode_message(data))
+            member.room.receive(member, protocol.decode_message(data))
         except protocol.ProtocolError as exc:
-            peer.close(CLOSE_PROTOCOL_ERROR, f"malformed message: {exc}")
+            peer.close(codes.BAD_MESSAGE.close, f"malformed message: {exc}")
         except crdt.InvalidUpdate as exc:
-            peer.close(CLOSE_INVALID_DATA, f"invalid Yjs update: {exc}")
+            peer.close(codes.INVALID_UPDATE.close, f"invalid Yjs update: {exc}")
 
     def _start_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
@@ -279,14 +255,15 @@ async def _complete(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> No
             return
 
 
-async def deny(scope: Scope, send: Send, status: int, reason: str) -> None:
+async def deny(scope: Scope, send: Send, refused: Refused) -> None:
     """Refuse the upgrade with an HTTP error and the reason (or a close where unsupported)."""
-    log.info("refused a WebSocket for %r: %s", scope.get("path"), reason)
+    log.info("refused a WebSocket for %r: %s", scope.get("path"), refused.reason)
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = (reason + "\n").encode("utf-8")
-        await send({"type": "websocket.http.response.start", "status": status,
+        body = (refused.reason + "\n").encode("utf-8")
+        await send({"type": "websocket.http.response.start", "status": refused.status,
                     "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        await send({"type": "websocket.close", "code": 1008, "reason": close_reason(reason)})
+        await send({"type": "websocket.close", "code": refused.close_code,
+                    "reason": close_reason(refused.reason)})
