@@ -34,9 +34,13 @@ web:
 tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
 	npm ci --no-audit --no-fund --prefix tests/js
 
+bench/loadgen/node_modules/.package-lock.json: bench/loadgen/package-lock.json
+	npm ci --no-audit --no-fund --prefix bench/loadgen
+
 js-test-deps:
 	@if [ -f tests/js/package-lock.json ] && [ "$(HAVE_NPM)" = yes ]; then \
-	  $(MAKE) --no-print-directory tests/js/node_modules/.package-lock.json; fi
+	  $(MAKE) --no-print-directory tests/js/node_modules/.package-lock.json \
+	    bench/loadgen/node_modules/.package-lock.json; fi
 
 run: $(STAMP)
 	@$(MAKE) --no-print-directory web || echo "collab: the editor build failed (see above); starting the server anyway"
