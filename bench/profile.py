@@ -44,8 +44,8 @@ RULES: list[tuple[str, re.Pattern[str]]] = [
     ("uvicorn's per-message path (ASGI receive/send events, queue, task wake-ups)",
      re.compile(r"\(uvicorn/")),
     ("y-protocols codec (collab/protocol.py, lib0)", re.compile(r"collab/(protocol|lib0)\.py")),
-    ("room rules, presence, rooms (collab/room*.py, presence)",
-     re.compile(r"collab/(room|rooms|presence)\.py")),
+    ("room rules, presence, rooms, admission (collab/room*.py, admission)",
+     re.compile(r"collab/(room|rooms|presence|admission)\.py")),
     ("collab transport (collab/transport/)", re.compile(r"collab/transport/")),
 ]
 EVENT_LOOP = "event loop and tasks (uvloop, asyncio: polling, callbacks, task steps)"
