@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -23,19 +22,6 @@ from collab.store import Store, open_store
 from collab.transport.websocket import Limits, WebSocketEndpoint
 
 log = logging.getLogger("collab")
-
-_ADJECTIVES = ("amber", "brisk", "calm", "clever", "coral", "dusty", "eager", "fuzzy", "gentle",
-               "golden", "happy", "jolly", "lucky", "mellow", "misty", "nimble", "proud", "quiet",
-               "rapid", "rosy", "sandy", "silver", "sunny", "swift", "tidy", "velvet", "witty")
-_ANIMALS = ("badger", "beaver", "bison", "crane", "dolphin", "falcon", "ferret", "gecko", "heron",
-            "ibis", "koala", "lemur", "lynx", "marten", "moose", "otter", "panda", "puffin",
-            "quokka", "raven", "seal", "stoat", "tapir", "walrus", "wombat", "yak", "zebra")
-
-
-def new_document_name() -> str:
-    """A short, readable, unguessable-enough name such as ``misty-otter-4821``."""
-    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_ANIMALS)}-{secrets.randbelow(10000):04d}"
-
 
 class AssetFiles(StaticFiles):
     """Bundles have content hashes in their names, so they can be cached for good."""
@@ -150,10 +136,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     index_html = Path(settings.web_dir) / "index.html"
 
-    async def landing(_request: Request) -> Response:
-        return RedirectResponse(f"/d/{new_document_name()}", status_code=302)
-
     async def editor(_request: Request) -> Response:
+        """The page: the list of documents at the root, a document at /d/<name> (one HTML file;
+        the page tells them apart by its own path, relative to wherever the app is mounted)."""
         if not index_html.is_file():
             return PlainTextResponse(
                 "The editor is not built. Run `make run` (it builds web/ with npm), or connect a "
@@ -163,7 +148,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     service_worker = Path(settings.web_dir) / "sw.js"
 
     async def worker(_request: Request) -> Response:
-        """Served from the root so that it may keep /d/ pages loadable while offline."""
+        """Served from the root so that it may keep the pages loadable while offline."""
         if not service_worker.is_file():
             return PlainTextResponse("The editor is not built.\n", status_code=404)
         return FileResponse(service_worker, media_type="text/javascript",
@@ -173,7 +158,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/liveness_check", liveness),
         Route("/readiness_check", readiness),
         Route("/metrics", metrics),
-        Route("/", landing),
+        Route("/", editor),
         Route("/d/{name:path}", editor),
         Route("/sw.js", worker),
         Mount("/assets", AssetFiles(directory=Path(settings.web_dir) / "assets", check_dir=False)),

@@ -79,6 +79,12 @@ class Editor:
     def wait_started(self) -> None:
         self.page.wait_for_function("() => window.collab !== undefined", timeout=SYNC_TIMEOUT_MS)
 
+    def open_home(self, url: str) -> Editor:
+        """The list of documents (the app's root)."""
+        self.page.goto(url)
+        self.page.wait_for_function("() => window.collabHome !== undefined", timeout=SYNC_TIMEOUT_MS)
+        return self
+
     def wait_synced(self, timeout: int = SYNC_TIMEOUT_MS) -> None:
         self.page.wait_for_function("() => window.collab && window.collab.provider.synced", timeout=timeout)
 
@@ -115,7 +121,8 @@ class Editor:
         return str(self.page.locator("#connection").get_attribute("data-state"))
 
     def people(self) -> list[str]:
-        return [n.strip() for n in self.page.locator("#people .person-name").all_inner_texts()]
+        """Everyone else here, as the people list (opened from the header) names them."""
+        return [n.strip() for n in self.page.locator("#people-list .person-name").all_text_contents()]
 
     def screenshot(self, name: str) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -156,7 +163,7 @@ def two_synced_pages(editors: Callable[[str], Editor], url: str) -> tuple[Editor
 
 def wait_for_presence(editor: Editor, name: str) -> None:
     editor.page.wait_for_function(
-        "(name) => [...document.querySelectorAll('#people .person-name')].some(e => e.textContent === name)",
+        "(name) => [...document.querySelectorAll('#people-list .person-name')].some(e => e.textContent === name)",
         arg=name, timeout=SYNC_TIMEOUT_MS)
 
 
@@ -183,12 +190,14 @@ def test_two_pages_converge_and_show_each_other(server: ServerProcess,
     assert ada.people() == ["Bob"]
     assert bob.people() == ["Ada"]
     # The other person's cursor carries their name.
-    ada.page.wait_for_selector(".cm-ySelectionInfo:text('Bob')", timeout=SYNC_TIMEOUT_MS)
-    bob.page.wait_for_selector(".cm-ySelectionInfo:text('Ada')", timeout=SYNC_TIMEOUT_MS)
+    ada.page.wait_for_selector(".cm-yLabel:text('Bob')", timeout=SYNC_TIMEOUT_MS)
+    bob.page.wait_for_selector(".cm-yLabel:text('Ada')", timeout=SYNC_TIMEOUT_MS)
     # Renaming shows at once in the other tab: in the people list and on the cursor.
     bob.set_name("Robert")
     wait_for_presence(ada, "Robert")
-    ada.page.wait_for_selector(".cm-ySelectionInfo:text('Robert')", timeout=SYNC_TIMEOUT_MS)
+    ada.page.wait_for_selector(".cm-yLabel:text('Robert')", timeout=SYNC_TIMEOUT_MS)
+    ada.page.wait_for_selector(".cm-ySelectionInfo:text('Robert')", state="attached", timeout=SYNC_TIMEOUT_MS)
+    assert ada.page.locator(".cm-yLabel:text('Bob')").count() == 0
     assert ada.page.locator(".cm-ySelectionInfo:text('Bob')").count() == 0
     assert bob.page.evaluate("() => localStorage.getItem('collab:name')") == "Robert"
     ada.wait_saved()
@@ -199,21 +208,25 @@ def test_two_pages_converge_and_show_each_other(server: ServerProcess,
     bob.screenshot("browser-two-pages-bob")
 
 
-def test_landing_creates_and_opens_a_new_document(server: ServerProcess,
-                                                  editors: Callable[[str], Editor]) -> None:
-    first = editors("first").open(server.http_url + "/")
-    match = re.fullmatch(rf"{re.escape(server.http_url)}/d/([a-z]+-[a-z]+-\d+)", first.page.url)
+def test_home_starts_a_new_document(server: ServerProcess, editors: Callable[[str], Editor]) -> None:
+    first = editors("first").open_home(server.http_url + "/")
+    first.page.click("#new-doc")
+    first.wait_started()
+    match = re.fullmatch(rf"{re.escape(server.http_url)}/d/([a-z]+-[a-z]+-\d{{4}})", first.page.url)
     assert match, first.page.url
     name = match.group(1)
-    assert first.page.locator("#doc-name").inner_text() == name
+    assert first.page.locator("#doc-title").input_value() == ""
+    assert first.page.locator("#doc-title").get_attribute("placeholder") == "Untitled document"
     assert first.page.title().startswith(name)
     first.wait_synced()
     assert first.text() == ""
     first.type_at("end", "a brand new document")
     first.wait_saved()
-    first.screenshot("browser-landing")
+    first.screenshot("browser-new-document")
 
-    second = editors("second").open(server.http_url + "/")
+    second = editors("second").open_home(server.http_url + "/")
+    second.page.click("#new-doc")
+    second.wait_started()
     assert second.page.url != first.page.url
     second.wait_synced()
     assert second.text() == ""
@@ -307,10 +320,11 @@ def test_served_with_sensible_caching(server: ServerProcess) -> None:
     with urllib.request.urlopen(server.http_url + "/d/cache-check", timeout=5) as resp:
         html = resp.read().decode()
         assert resp.headers["Cache-Control"] == "no-cache"
-    assets = re.findall(r'"(/assets/app-[A-Za-z0-9]+\.(?:js|css))"', html)
+    # Relative to the app's root (the page sets its base URL), so the app can live under a prefix.
+    assets = re.findall(r'"(assets/app-[A-Za-z0-9]+\.(?:js|css))"', html)
     assert len(assets) == 2, html
     for asset in assets:
-        with urllib.request.urlopen(server.http_url + asset, timeout=5) as resp:
+        with urllib.request.urlopen(f"{server.http_url}/{asset}", timeout=5) as resp:
             assert resp.status == 200
             assert "immutable" in resp.headers["Cache-Control"]
     with urllib.request.urlopen(server.http_url + "/sw.js", timeout=5) as resp:
@@ -395,7 +409,7 @@ def test_a_name_the_server_refuses_is_explained_not_retried(name: str, server: S
                                timeout=SYNC_TIMEOUT_MS)
     assert ada.page.locator("#connection .label").inner_text() == "Not opened"
     assert not ada.page.locator("#saved").is_visible()
-    assert ada.page.locator(".notice a[href='/']").is_visible()
+    assert ada.page.locator(".notice a[href='./']").is_visible()
     assert sockets == []
     ada.screenshot("browser-refused-name")
 

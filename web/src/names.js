@@ -17,16 +17,43 @@ export const COLOURS = [
   '#d6409f', '#978365'
 ]
 
-const pick = (list) => list[Math.floor(Math.random() * list.length)]
+/** A uniform random integer in [0, n), from the browser's cryptographic generator: names are
+ * the only thing that keeps an open server's documents apart. */
+const randomBelow = (n) => crypto.getRandomValues(new Uint32Array(1))[0] % n
+
+const pick = (list) => list[randomBelow(list.length)]
 
 const capitalise = (word) => word.charAt(0).toUpperCase() + word.slice(1)
 
+/** A short readable name such as `misty-otter-4821` (9 million of them). */
 export const randomDocumentName = () =>
-  `${pick(ADJECTIVES)}-${pick(ANIMALS)}-${Math.floor(Math.random() * 90) + 10}`
+  `${pick(ADJECTIVES)}-${pick(ANIMALS)}-${String(randomBelow(10000)).padStart(4, '0')}`
+
+const SLUG_MAX = 40
+
+/** A new document's name for an imported file: "Meeting notes (v2).md" → `meeting-notes-v2-k3x9q2`.
+ * The random tail keeps two people's "notes.md" apart. */
+export const documentNameForFile = (fileName) => {
+  const stem = fileName.replace(/\.[^.]*$/, '')
+  const slug = stem.normalize('NFKD').replace(/[\u0300-\u036f]/g, '').toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, SLUG_MAX).replace(/-+$/, '')
+  const tail = Array.from({ length: 6 }, () => '0123456789abcdefghijklmnopqrstuvwxyz'[randomBelow(36)]).join('')
+  return slug ? `${slug}-${tail}` : `${randomDocumentName()}-${tail}`
+}
+
+/** The title a document imported from `fileName` starts with: its name without the extension. */
+export const titleForFile = (fileName) => fileName.replace(/\.[^.]*$/, '').trim() || fileName
 
 export const randomPersonName = () => `${capitalise(pick(ADJECTIVES))} ${capitalise(pick(ANIMALS))}`
 
 export const randomColour = () => pick(COLOURS)
+
+const HEX_COLOUR = /^#[0-9a-f]{6}$/i
+
+/** A colour another client announced, if it is a plain hex colour: anything else could carry
+ * more CSS into a style attribute. */
+export const safeColour = (colour, fallback = '#8b8d98') =>
+  typeof colour === 'string' && HEX_COLOUR.test(colour) ? colour : fallback
 
 /** `#rrggbb` → the same colour at ~20% opacity, for other people's selections. */
 export const lightColour = (colour) => `${colour}33`

@@ -1,9 +1,12 @@
 // Remote cursors and selections, adapted from y-codemirror.next's y-remote-selections.js
-// (MIT License, Copyright (c) 2024 Kevin Jahns). The one change: a caret widget compares the
-// person's name as well as their colour, so renaming yourself updates the label on your cursor
-// in everyone else's editor (the stock widget kept showing the old name).
+// (MIT License, Copyright (c) 2024 Kevin Jahns). Changes: a caret widget compares the person's
+// name as well as their colour, so renaming yourself updates the label on your cursor in
+// everyone else's editor (the stock widget kept showing the old name); and the names beside
+// the carets are drawn in a layer of their own (yRemoteLabels, below) that places them so that
+// they never cover each other. The stock label inside the caret stays, shown on hover.
 
 import * as cmView from '@codemirror/view'
+import { layer } from '@codemirror/view'
 
 import * as cmState from '@codemirror/state'
 import * as dom from 'lib0/dom'
@@ -12,6 +15,7 @@ import * as math from 'lib0/math'
 
 import * as Y from 'yjs'
 import { ySyncFacet } from 'y-codemirror.next'
+import { safeColour, lightColour } from './names.js'
 
 export const yRemoteSelectionsTheme = cmView.EditorView.baseTheme({
   '.cm-ySelection': {
@@ -131,6 +135,10 @@ export class YRemoteSelectionsPluginValue {
     this.conf = view.state.facet(ySyncFacet)
     this._listener = ({ added, updated, removed }, s, t) => {
       const clients = added.concat(updated).concat(removed)
+      const moved = activity(this.conf.awareness)
+      const now = Date.now()
+      for (const id of added.concat(updated)) moved.set(id, now)
+      for (const id of removed) moved.delete(id)
       if (clients.findIndex(id => id !== this.conf.awareness.doc.clientID) >= 0) {
         view.dispatch({ annotations: [yRemoteSelectionsAnnotation.of([])] })
       }
@@ -195,8 +203,9 @@ export class YRemoteSelectionsPluginValue {
       if (anchor == null || head == null || anchor.type !== ytext || head.type !== ytext) {
         return
       }
-      const { color = '#30bced', name = 'Anonymous' } = state.user || {}
-      const colorLight = (state.user && state.user.colorLight) || color + '33'
+      const color = safeColour(state.user?.color, '#30bced')
+      const name = String(state.user?.name ?? 'Anonymous')
+      const colorLight = lightColour(color)
       const start = math.min(anchor.index, head.index)
       const end = math.max(anchor.index, head.index)
       const startLine = update.view.state.doc.lineAt(start)
@@ -258,4 +267,139 @@ export class YRemoteSelectionsPluginValue {
 
 export const yRemoteSelections = cmView.ViewPlugin.fromClass(YRemoteSelectionsPluginValue, {
   decorations: v => v.decorations
+})
+
+// --- labels ------------------------------------------------------------------------------------
+
+const LABEL_HEIGHT = 16
+const LABEL_PADDING = 10
+const LABEL_GAP = 2
+
+/** When each person's presence last changed (their cursor moved, mostly), per awareness. */
+const lastMoved = new WeakMap()
+const activity = (awareness) => {
+  if (!lastMoved.has(awareness)) lastMoved.set(awareness, new Map())
+  return lastMoved.get(awareness)
+}
+
+const overlaps = (a, b, gap) =>
+  a.left < b.right + gap && b.left < a.right + gap && a.top < b.bottom + gap && b.top < a.bottom + gap
+
+/**
+ * Where each caret's label goes, so that no two overlap: above the caret if free, else below
+ * the caret's line, else nowhere (the name still shows on hover). `carets` are in priority order
+ * (the one who moved last first), each {id, x, top, bottom, width, height}; labels are kept
+ * within [minX, maxX]. Returns Map id -> {left, top, right, bottom, below}.
+ */
+export const placeLabels = (carets, minX, maxX, gap = LABEL_GAP) => {
+  const placed = new Map()
+  for (const caret of carets) {
+    const left = Math.max(minX, Math.min(caret.x, maxX - caret.width))
+    for (const below of [false, true]) {
+      const top = below ? caret.bottom : caret.top - caret.height
+      const box = { left, top, right: left + caret.width, bottom: top + caret.height, below }
+      if (![...placed.values()].some(other => overlaps(other, box, gap))) {
+        placed.set(caret.id, box)
+        break
+      }
+    }
+  }
+  return placed
+}
+
+class LabelMarker {
+  constructor (clientId, name, color, left, top, below) {
+    this.clientId = clientId
+    this.name = name
+    this.color = color
+    this.left = left
+    this.top = top
+    this.below = below
+  }
+
+  draw () {
+    const node = document.createElement('div')
+    this.adjust(node)
+    return node
+  }
+
+  update (node) {
+    this.adjust(node)
+    return true
+  }
+
+  adjust (node) {
+    node.className = this.below ? 'cm-yLabel cm-yLabel-below' : 'cm-yLabel'
+    node.dataset.clientId = String(this.clientId)
+    if (node.textContent !== this.name) node.textContent = this.name
+    node.style.backgroundColor = this.color
+    node.style.left = `${this.left}px`
+    node.style.top = `${this.top}px`
+  }
+
+  eq (other) {
+    return other.clientId === this.clientId && other.name === this.name && other.color === this.color &&
+      other.left === this.left && other.top === this.top && other.below === this.below
+  }
+}
+
+const widths = new Map()
+let measureContext = null
+
+/** A label's width for `name`, measured once per name in the labels' font. */
+const labelWidth = (name) => {
+  if (!widths.has(name)) {
+    if (measureContext === null) {
+      measureContext = document.createElement('canvas').getContext('2d')
+      measureContext.font = `600 11px ${getComputedStyle(document.body).fontFamily}`
+    }
+    widths.set(name, Math.ceil(measureContext.measureText(name).width) + LABEL_PADDING)
+  }
+  return widths.get(name)
+}
+
+const labelMarkers = (view) => {
+  const conf = view.state.facet(ySyncFacet)
+  const { ytext, awareness } = conf
+  const ydoc = ytext.doc
+  const moved = activity(awareness)
+  const scroller = view.scrollDOM.getBoundingClientRect()
+  const baseLeft = scroller.left - view.scrollDOM.scrollLeft * view.scaleX
+  const baseTop = scroller.top - view.scrollDOM.scrollTop * view.scaleY
+  const content = view.contentDOM.getBoundingClientRect()
+  const carets = []
+  awareness.getStates().forEach((state, clientId) => {
+    if (clientId === ydoc.clientID || !state.cursor?.head) return
+    const head = Y.createAbsolutePositionFromRelativePosition(state.cursor.head, ydoc)
+    if (head === null || head.type !== ytext || head.index > view.state.doc.length) return
+    const coords = view.coordsAtPos(head.index, 1) ?? view.coordsAtPos(head.index, -1)
+    if (coords === null) return
+    const name = String(state.user?.name ?? 'Anonymous')
+    carets.push({
+      id: clientId,
+      name,
+      color: safeColour(state.user?.color, '#30bced'),
+      x: coords.left - 1,
+      top: coords.top,
+      bottom: coords.bottom,
+      width: labelWidth(name),
+      height: LABEL_HEIGHT,
+      at: moved.get(clientId) ?? 0
+    })
+  })
+  carets.sort((a, b) => b.at - a.at || a.id - b.id)
+  const placed = placeLabels(carets, content.left, content.right)
+  return carets.filter(c => placed.has(c.id)).map(c => {
+    const box = placed.get(c.id)
+    return new LabelMarker(c.id, c.name, c.color, box.left - baseLeft, box.top - baseTop, box.below)
+  })
+}
+
+/** People's names beside their carets, never on top of each other. */
+export const yRemoteLabels = layer({
+  above: true,
+  class: 'cm-yLabels',
+  markers: labelMarkers,
+  update: (update) => update.docChanged || update.viewportChanged || update.geometryChanged ||
+    update.transactions.some(tr => tr.annotation(yRemoteSelectionsAnnotation) !== undefined)
 })

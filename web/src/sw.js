@@ -1,18 +1,21 @@
-// The service worker keeps the editor page itself available while the server is unreachable,
-// so that reloading a tab during an outage brings back the page and, from IndexedDB, the edits.
+// The service worker keeps the pages themselves available while the server is unreachable, so
+// that reloading a tab during an outage brings back the page and, from IndexedDB, the edits (and
+// the list of documents, which lives in this browser).
 // Pages: network first (a new deploy shows at once), the cached shell when the network fails.
 // Hashed assets: cache first, they never change. build.mjs fills in the two constants.
+// Every path is relative to the worker's scope, the app's root, wherever it is mounted.
 
 const VERSION = '__VERSION__'
 const ASSETS = __ASSETS__
 const CACHE = `collab-${VERSION}`
-// Every /d/<name> page is the same HTML; it is kept once under this key.
-const SHELL = '/d/'
+const ROOT = new URL('./', self.location.href).href
+// The home page and every d/<name> page are the same HTML; it is kept once under this key.
+const SHELL = new URL('d/', ROOT).href
 
 self.addEventListener('install', (event) => {
   event.waitUntil((async () => {
     const cache = await caches.open(CACHE)
-    await cache.addAll([...ASSETS, SHELL])
+    await cache.addAll([...ASSETS.map(path => new URL(path, ROOT).href), SHELL])
     await self.skipWaiting()
   })())
 })
@@ -26,24 +29,15 @@ self.addEventListener('activate', (event) => {
   })())
 })
 
-const ADJECTIVES = ['amber', 'brisk', 'calm', 'coral', 'eager', 'gentle', 'golden', 'lively', 'misty', 'sunny']
-const ANIMALS = ['badger', 'crane', 'falcon', 'heron', 'lynx', 'otter', 'owl', 'puffin', 'raven', 'wren']
-const pick = (list) => list[Math.floor(Math.random() * list.length)]
-
-const page = async (request, url) => {
+const page = async (request) => {
   try {
     const response = await fetch(request)
-    if (response.ok && url.pathname.startsWith('/d/')) {
+    if (response.ok && !response.redirected) {
       const cache = await caches.open(CACHE)
       await cache.put(SHELL, response.clone())
     }
     return response
   } catch (err) {
-    if (url.pathname === '/') {
-      // Offline landing: make the new document's name here; it syncs once the server is back.
-      const name = `${pick(ADJECTIVES)}-${pick(ANIMALS)}-${Math.floor(Math.random() * 9000) + 1000}`
-      return Response.redirect(`/d/${name}`, 302)
-    }
     const cached = await caches.match(SHELL)
     if (cached) return cached
     throw err
@@ -63,12 +57,11 @@ const asset = async (request) => {
 
 self.addEventListener('fetch', (event) => {
   const request = event.request
-  if (request.method !== 'GET') return
-  const url = new URL(request.url)
-  if (url.origin !== self.location.origin) return
-  if (request.mode === 'navigate' && (url.pathname === '/' || url.pathname.startsWith('/d/'))) {
-    event.respondWith(page(request, url))
-  } else if (url.pathname.startsWith('/assets/')) {
+  if (request.method !== 'GET' || !request.url.startsWith(ROOT)) return
+  const path = new URL(request.url).pathname.slice(new URL(ROOT).pathname.length)
+  if (request.mode === 'navigate' && (path === '' || path.startsWith('d/'))) {
+    event.respondWith(page(request))
+  } else if (path.startsWith('assets/')) {
     event.respondWith(asset(request))
   }
 })
