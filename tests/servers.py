@@ -42,10 +42,13 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--store", self.store, *self.args]
+
     def start(self, timeout: float = 20.0) -> ServerProcess:
         env = {**os.environ, "COLLAB_LOG_LEVEL": "warning", **self.env}
-        cmd = [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--store", self.store, *self.args]
+        cmd = self.command()
         if self.log_path is not None:
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log_file or subprocess.DEVNULL,

@@ -52,9 +52,9 @@ def browser() -> Iterator[object]:
 class Editor:
     """One person's tab: a page in its own browser context, with its console watched."""
 
-    def __init__(self, browser: object, label: str) -> None:
+    def __init__(self, browser: object, label: str, viewport: dict[str, int] | None = None) -> None:
         self.label = label
-        self.context = browser.new_context(viewport=VIEWPORT)  # type: ignore[attr-defined]
+        self.context = browser.new_context(viewport=viewport or VIEWPORT)  # type: ignore[attr-defined]
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.dialogs: list[str] = []
@@ -133,12 +133,13 @@ class Editor:
 
 
 @pytest.fixture
-def editors(browser: object) -> Iterator[Callable[[str], Editor]]:
-    """Open tabs; at the end, assert that none of them had an uncaught error."""
+def editors(browser: object) -> Iterator[Callable[..., Editor]]:
+    """Open tabs (``editors(label, viewport=...)``); at the end, assert that none of them had an
+    uncaught error."""
     opened: list[Editor] = []
 
-    def make(label: str) -> Editor:
-        editor = Editor(browser, label)
+    def make(label: str, viewport: dict[str, int] | None = None) -> Editor:
+        editor = Editor(browser, label, viewport)
         opened.append(editor)
         return editor
 
@@ -163,8 +164,8 @@ def two_synced_pages(editors: Callable[[str], Editor], url: str) -> tuple[Editor
 
 def wait_for_presence(editor: Editor, name: str) -> None:
     editor.page.wait_for_function(
-        "(name) => [...document.querySelectorAll('#people-list .person-name')].some(e => e.textContent === name)",
-        arg=name, timeout=SYNC_TIMEOUT_MS)
+        "(name) => [...document.querySelectorAll('#people-list .person-name')]"
+        ".some(e => e.textContent === name)", arg=name, timeout=SYNC_TIMEOUT_MS)
 
 
 def test_two_pages_converge_and_show_each_other(server: ServerProcess,

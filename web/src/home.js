@@ -40,6 +40,42 @@ export const renameDocument = async (room, title) => {
   }
 }
 
+const ICONS = {
+  rename: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 20h4L19 9l-4-4L4 16z"/><path d="m13.5 6.5 4 4"/></svg>',
+  remove: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M6 6l12 12M18 6 6 18"/></svg>'
+}
+
+/**
+ * One document in a list: its link (title, name, a note, a time) and its actions, each
+ * {name, label, icon, run(row)}. The same row shows a document of this browser's list and, once
+ * the server lists its documents (GET api/docs), one of the server's (with "delete" as an action).
+ */
+export const documentRow = ({ room, title, note = null, time = null, timeLabel = '', actions = [] }) => {
+  const name = displayName(room)
+  const shown = title.trim()
+  const link = el('a', { class: 'doc-link', href: documentHref(room) },
+    docIcon(),
+    el('span', { class: 'row-text' },
+      el('span', { class: shown ? 'row-title' : 'row-title untitled' }, shown || 'Untitled document'),
+      el('span', { class: note ? 'row-meta unsaved' : 'row-meta' }, note ? `${name} · ${note}` : name)),
+    time === null
+      ? null
+      : el('time', { class: 'row-time', datetime: new Date(time).toISOString(), title: `${timeLabel} ${fullTime(time)}` },
+        timeAgo(time)))
+  const buttons = el('span', { class: 'row-actions' })
+  const row = el('li', { class: 'doc-row', dataset: { room } }, link, buttons)
+  for (const action of actions) {
+    const button = el('button', {
+      class: 'icon-button', type: 'button', title: action.label, 'aria-label': `${action.label}: ${shown || name}`,
+      dataset: { action: action.name }
+    })
+    button.innerHTML = action.icon
+    button.addEventListener('click', () => action.run(row))
+    buttons.append(button)
+  }
+  return row
+}
+
 class RecentList {
   constructor (recent, list, empty) {
     this.recent = recent
@@ -61,25 +97,18 @@ class RecentList {
   }
 
   _row (entry) {
-    const name = displayName(entry.room)
     const unsaved = unsavedCount(entry.room)
-    const title = entry.title.trim()
-    const meta = [name]
-    if (unsaved > 0) meta.push(unsaved === 1 ? '1 edit not yet on the server' : `${unsaved} edits not yet on the server`)
-    const link = el('a', { class: 'doc-link', href: documentHref(entry.room) },
-      docIcon(),
-      el('span', { class: 'row-text' },
-        el('span', { class: title ? 'row-title' : 'row-title untitled' }, title || 'Untitled document'),
-        el('span', { class: unsaved > 0 ? 'row-meta unsaved' : 'row-meta' }, meta.join(' · '))),
-      el('time', { class: 'row-time', datetime: new Date(entry.opened).toISOString(), title: `Opened ${fullTime(entry.opened)}` },
-        timeAgo(entry.opened)))
-    const rename = el('button', { class: 'icon-button', type: 'button', title: 'Rename', 'aria-label': `Rename ${title || name}`, dataset: { action: 'rename' } })
-    rename.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 20h4L19 9l-4-4L4 16z"/><path d="m13.5 6.5 4 4"/></svg>'
-    const remove = el('button', { class: 'icon-button', type: 'button', title: 'Remove from this list', 'aria-label': `Remove ${title || name} from this list`, dataset: { action: 'remove' } })
-    remove.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M6 6l12 12M18 6 6 18"/></svg>'
-    const row = el('li', { class: 'doc-row', dataset: { room: entry.room } }, link, el('span', { class: 'row-actions' }, rename, remove))
-    rename.addEventListener('click', () => this._startRename(row, entry))
-    remove.addEventListener('click', () => this._remove(entry))
+    const row = documentRow({
+      room: entry.room,
+      title: entry.title,
+      note: unsaved === 0 ? null : unsaved === 1 ? '1 edit not yet on the server' : `${unsaved} edits not yet on the server`,
+      time: entry.opened,
+      timeLabel: 'Opened',
+      actions: [
+        { name: 'rename', label: 'Rename', icon: ICONS.rename, run: (row) => this._startRename(row, entry) },
+        { name: 'remove', label: 'Remove from this list', icon: ICONS.remove, run: () => this._remove(entry) }
+      ]
+    })
     return row
   }
 

@@ -9,6 +9,19 @@ import createDOMPurify from 'dompurify'
 
 const markdown = new MarkdownIt({ html: true, linkify: true, breaks: true })
 
+// HTML with an event-handler attribute is shown as text, not parsed. Not for safety (the
+// sanitizer removes handlers, and the page's policy refuses to run them), but because the
+// browser reports a policy violation as soon as it parses such an attribute, even in the inert
+// document the sanitizer works in: a document's author could fill every reader's console.
+const HANDLER = /\bon[a-z]+\s*=|\bon[a-z]+[\s/>]/i
+for (const rule of ['html_block', 'html_inline']) {
+  const render = markdown.renderer.rules[rule]
+  markdown.renderer.rules[rule] = (tokens, index, options, env, self) =>
+    HANDLER.test(tokens[index].content)
+      ? markdown.utils.escapeHtml(tokens[index].content) + (rule === 'html_block' ? '\n' : '')
+      : render(tokens, index, options, env, self)
+}
+
 // Each block remembers the source line it starts on, for scrolling the two panes together.
 markdown.core.ruler.push('source_lines', (state) => {
   for (const token of state.tokens) {

@@ -255,7 +255,9 @@ export class YRemoteSelectionsPluginValue {
         from: head.index,
         to: head.index,
         value: cmView.Decoration.widget({
-          side: head.index - anchor.index > 0 ? -1 : 1, // the local cursor should be rendered outside the remote selection
+          // The local cursor should be rendered outside the remote selection; an empty one goes
+          // before other widgets at its place (the placeholder of an empty document).
+          side: head.index - anchor.index >= 0 ? -1 : 1,
           block: false,
           widget: new YRemoteCaretWidget(color, name)
         })

@@ -9,11 +9,14 @@ const isHigh = (code) => code >= 0xd800 && code <= 0xdbff
 const isLow = (code) => code >= 0xdc00 && code <= 0xdfff
 
 /** The one change that turns `before` into `after`: {index, remove, insert}, never splitting a
- * surrogate pair (UTF-16 indices, as Y.Text counts them). */
-export const textChange = (before, after) => {
+ * surrogate pair (UTF-16 indices, as Y.Text counts them). `caret` (where the caret is in
+ * `after`) picks the right one of equal changes: typing "Q3 " before "Quarterly" inserts at 0,
+ * not "3 Q" at 1, which matters when someone else edits the title at the same time. */
+export const textChange = (before, after, caret = after.length) => {
   const shorter = Math.min(before.length, after.length)
+  const limit = Math.max(0, Math.min(shorter, caret - Math.max(0, after.length - before.length)))
   let start = 0
-  while (start < shorter && before.charCodeAt(start) === after.charCodeAt(start)) start++
+  while (start < limit && before.charCodeAt(start) === after.charCodeAt(start)) start++
   if (start > 0 && start < before.length && isHigh(before.charCodeAt(start - 1))) start--
   let end = 0
   while (end < shorter - start &&
@@ -61,7 +64,7 @@ export const bindTitle = (ytitle, input, onChange) => {
   }
 
   const commit = () => {
-    const { index, remove, insert } = textChange(base, input.value)
+    const { index, remove, insert } = textChange(base, input.value, input.selectionEnd ?? input.value.length)
     let from = index
     let to = index + remove
     for (const delta of missed) {

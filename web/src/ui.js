@@ -31,9 +31,21 @@ export const showToast = (() => {
 })()
 
 const openPopovers = new Set()
+let dismissing = false
+
+/** One set of listeners for all popovers: a click elsewhere, Escape or a resize closes them. */
+const dismissOnOutsideEvents = () => {
+  if (dismissing) return
+  dismissing = true
+  const closeAll = () => { for (const close of [...openPopovers]) close() }
+  document.addEventListener('click', closeAll)
+  document.addEventListener('keydown', (event) => { if (event.key === 'Escape') closeAll() })
+  window.addEventListener('resize', closeAll)
+}
 
 /** A button that opens `panel` below it; a click elsewhere or Escape closes it. */
 export const popover = (button, panel, { onOpen = () => {} } = {}) => {
+  dismissOnOutsideEvents()
   const close = () => {
     if (panel.hidden) return
     panel.hidden = true
@@ -66,11 +78,6 @@ const place = (button, panel) => {
   panel.style.top = `${b.bottom + 6}px`
 }
 
-document.addEventListener('click', () => { for (const close of [...openPopovers]) close() })
-document.addEventListener('keydown', (event) => {
-  if (event.key === 'Escape') for (const close of [...openPopovers]) close()
-})
-window.addEventListener('resize', () => { for (const close of [...openPopovers]) close() })
 
 /** Keep `node` in `wide` while `query` does not match and in `narrow` while it does: one
  * element (one input, one set of listeners) that moves between the header and a menu. */
