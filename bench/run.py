@@ -1,7 +1,7 @@
 """Benchmark collab against the reference y-websocket server and pycrdt-websocket, side by side.
 
     python bench/run.py                        # every scenario, 3 repeats (about 50 minutes)
-    python bench/run.py --quick                # 1 repeat, shorter loads (about 12 minutes)
+    python bench/run.py --quick                # 1 repeat, shorter loads (about 13 minutes)
     python bench/run.py --scenarios fixed_500,presence --servers collab,node --repeats 5
 
 The load comes from bench/loadgen (stock Yjs clients on Node.js: yjs, y-protocols, ws), a
@@ -72,8 +72,8 @@ class Profile:
     large_doc: int = 1_000_000
 
 
-QUICK = Profile(repeats=1, duration=4.0, warmup=1.0, ramp_factor=1.5, ramp_step=2.0, ramp_steps=10,
-                ramp_refine=1)
+QUICK = Profile(repeats=1, duration=4.0, warmup=1.0, ramp_start=10.0, ramp_factor=1.5, ramp_step=2.0,
+                ramp_steps=10, ramp_refine=1)
 SMOKE = Profile(repeats=1, rooms=2, clients=3, fixed_rates=(20,), duration=1.0, warmup=0.2, ramp_start=5.0,
                 ramp_factor=2.0, ramp_step=0.5, ramp_steps=2, ramp_refine=0, big_room_observers=(5,),
                 presence_clients=5, many_docs=10, many_docs_concurrency=10, idle_rooms=2, idle_clients=2,
@@ -208,7 +208,6 @@ def ramp(running: Running, p: Profile) -> dict[str, Any]:
                       factor=p.ramp_factor, duration=p.ramp_step, steps=p.ramp_steps, refine=p.ramp_refine,
                       warmup=p.warmup, drain_timeout=3)
     result["generator_bound"] = result["limited_by"] == "generator"
-    result["contended"] = any(s.get("contended") for s in result["steps"])
     return result
 
 
@@ -377,6 +376,8 @@ def metrics(p: Profile) -> list[Metric]:
     made += [
         Metric("presence", f"presence storm ({p.presence_clients} clients): server CPU", "% of a core",
                _get("server_cpu_percent")),
+        Metric("presence", "presence storm: server CPU per message sent", "µs",
+               _get("server_cpu_us_per_message")),
         Metric("presence", "presence storm: latency p99", "ms", _latency("p99")),
         Metric("many_docs", f"many documents ({p.many_docs:,}): connections", "/s",
                _get("connections_per_second"), True),
@@ -418,6 +419,20 @@ def median(rows: list[dict[str, Any]], get: Callable[[dict[str, Any]], float | N
     return statistics.median(values) if values else None
 
 
+def contended(r: dict[str, Any]) -> bool:
+    """Whether other processes took a share of a measured core beside the measured processes, in
+    this run or in any window of it."""
+    if r.get("contended"):
+        return True
+    for window in [r, *r.get("storms", []), *r.get("steps", [])]:
+        for who in ("server", "generator"):
+            busy, own = window.get(f"{who}_core_busy_percent"), window.get(f"{who}_cpu_percent")
+            numbers = isinstance(busy, (int, float)) and isinstance(own, (int, float))
+            if numbers and busy - own > CONTENDED_PERCENT:
+                return True
+    return False
+
+
 def cell(rows: list[dict[str, Any]], metric: Metric) -> str:
     """The median, marked † when the generator was the limit in a run, ‡ when the machine was."""
     value = median(rows, metric.get)
@@ -426,7 +441,7 @@ def cell(rows: list[dict[str, Any]], metric: Metric) -> str:
         return text
     if metric.bound_applies and any(r.get("generator_bound") for r in rows):
         text = ("≥ " if metric.higher_is_better else "") + text + " †"
-    if any(r.get("contended") for r in rows):
+    if any(contended(r) for r in rows):
         text += " ‡"
     return text
 
@@ -442,11 +457,16 @@ def markdown(rows: list[dict[str, Any]], profile: Profile, command: str, meta: d
     table = scenarios(profile)
     lines = ["# Benchmarks", ""]
     if preliminary:
+        others = others_share(rows)
         lines += [
             "> **Preliminary and noisy.** These figures were taken on a 2-core machine that other work",
-            "> was using at the same time (see the ‡ marks and the core-busy figures in the raw results).",
-            "> They show the method and rough proportions only; the figures to quote will be taken on a",
-            "> quiet machine.",
+            f"> was using at the same time: beside the processes measured, other processes took a median of "
+            f"{others['server']} of",
+            f"> the server's core and {others['generator']} of the generator's (‡ marks every such run). "
+            "Latencies and capacities",
+            "> here mostly measure the machine: servers fell seconds behind at loads they hold easily on a",
+            "> quiet machine. The CPU per edit and per message are the least disturbed rows, and still",
+            "> noisy. The figures to quote will be taken on a quiet machine with `make bench`.",
             "",
         ]
     lines += [
@@ -566,19 +586,34 @@ def compression_section(rows: list[dict[str, Any]], p: Profile) -> list[str]:
     return lines
 
 
+def others_share(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The median share of the server's and the generator's core that other processes took."""
+    others: dict[str, list[float]] = {"server": [], "generator": []}
+    for r in rows:
+        for window in [r, *r.get("storms", [])]:
+            for who in others:
+                busy, own = window.get(f"{who}_core_busy_percent"), window.get(f"{who}_cpu_percent")
+                if isinstance(busy, (int, float)) and isinstance(own, (int, float)):
+                    others[who].append(max(0.0, busy - own))
+    return {who: f"{statistics.median(v):.0f} %" if v else "-" for who, v in others.items()}
+
+
 def limits_section(rows: list[dict[str, Any]]) -> list[str]:
     reasons = sorted({f"{r['server']}: {r.get('stop_reason')}" for r in rows
                       if r["scenario"] == "ramp" and "error" not in r})
     bound = sorted({f"{r['scenario']}/{r['server']}" for r in rows if r.get("generator_bound")})
-    contended = [r for r in rows if r.get("contended")]
+    busy_runs = [r for r in rows if contended(r)]
+    share = others_share(rows)
     failed = sorted({f"{r['scenario']}/{r['server']}" + (f" ({r['error'][:120]})" if "error" in r else "")
                      for r in rows if "error" in r or r.get("ok") is False or r.get("converged") is False
-                     or (r.get("lost") or 0) > 0})
+                     or (r.get("lost") or 0) > 0 or (r.get("undecodable_messages") or 0) > 0})
     return [
         "", "## Limits of this measurement", "",
         f"- Ramp stop reasons: {'; '.join(reasons) or '-'}.",
         f"- Runs where the generator was the limit (†): {', '.join(bound) or 'none'}.",
-        f"- Runs on a contended machine (‡): {len(contended)} of {len(rows)}.",
+        f"- Runs on a contended machine (‡): {len(busy_runs)} of {len(rows)}. Median share of a core that "
+        f"other processes took beside the measured ones: {share['server']} of the server's core, "
+        f"{share['generator']} of the generator's.",
         f"- Runs with an error, a loss, a failed sync or a diverged document: {', '.join(failed) or 'none'}.",
         "- The reference server sends every update back to its writer as well (and every presence",
         "  update back to its sender), so per edit it sends more messages: compare the CPU per message",
@@ -651,7 +686,7 @@ def ensure_node_packages(servers: list[str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="one short repeat (about 12 minutes)")
+    size.add_argument("--quick", action="store_true", help="one short repeat (about 13 minutes)")
     size.add_argument("--smoke", action="store_true", help="tiny loads, to check that everything runs")
     parser.add_argument("--repeats", type=int, help="override the number of repeats")
     parser.add_argument("--servers", default="collab,node,pycrdt,collab-deflate,node-leveldb")

@@ -56,9 +56,11 @@ def test_fanout_counts_every_delivery_and_the_servers_cpu(server: ServerProcess)
 
 
 def test_presence_moves_reach_every_other_client(server: ServerProcess) -> None:
-    r = report("presence", "--url", server.ws_url, "--clients", "4", "--rate", "5", "--duration", "1")
-    assert r["moves_sent"] >= 16
-    assert r["deliveries"] + r["gaps"] == r["deliveries_expected"] == 3 * r["moves_sent"]  # type: ignore[operator]
+    r = report("presence", "--url", server.ws_url, "--clients", "6", "--rate", "5", "--duration", "1")
+    assert r["presence_known_at_start_min"] == 5  # the room's presence, several states in a message
+    assert r["undecodable_messages"] == 0
+    assert r["moves_sent"] >= 24
+    assert r["deliveries"] + r["gaps"] == r["deliveries_expected"] == 5 * r["moves_sent"]  # type: ignore[operator]
     assert r["stale_presence"] == 0 and r["converged"] is True
 
 

@@ -52,6 +52,7 @@ export class Run {
     this.connectionErrors = 0
     this.closeReasons = {}
     this.authDenied = 0
+    this.undecodable = 0
   }
 
   newWriter () {
@@ -175,6 +176,16 @@ export class Client {
   }
 
   onMessage (data) {
+    try {
+      this.handle(data)
+    } catch (err) {
+      // a message this client cannot read is the server's fault: count it, keep the run going
+      this.run.undecodable += 1
+      if (this.run.undecodable === 1) process.stderr.write(`loadgen: a message could not be decoded: ${err.message}\n`)
+    }
+  }
+
+  handle (data) {
     const now = performance.now()
     const window = this.run.window
     window.messages += 1
@@ -269,7 +280,8 @@ export class Client {
     for (let k = 0; k < count; k++) {
       const client = decoding.readVarUint(decoder)
       const clock = decoding.readVarUint(decoder)
-      decoder.pos += decoding.readVarUint(decoder) // skip the state's JSON
+      const stateLength = decoding.readVarUint(decoder)
+      decoder.pos += stateLength // skip the state's JSON
       if (client === own) {
         window.echoes += 1
         continue

@@ -219,7 +219,8 @@ export const fanout = async (opts) => {
     progress(opts.progress, '')
     return {
       scenario: 'fanout', ...base(opts), ...summary, connect_seconds: round(connectSeconds, 3),
-      connect_errors: connectErrors, close_reasons: run.closeReasons, ...(await checkConvergence(run, rooms))
+      connect_errors: connectErrors, close_reasons: run.closeReasons, undecodable_messages: run.undecodable,
+      ...(await checkConvergence(run, rooms))
     }
   } finally {
     closeAll(rooms)
@@ -288,7 +289,7 @@ export const ramp = async (opts) => {
     progress(opts.progress, '')
     return {
       scenario: 'ramp', ...base(opts), factor: opts.factor, p99_bound_ms: opts.p99Bound, steps,
-      stop_reason: stopReason, limited_by: limitedBy,
+      stop_reason: stopReason, limited_by: limitedBy, undecodable_messages: run.undecodable,
       held_edit_rate: held ? held.edit_rate : 0,
       held_delivery_rate: held ? held.delivery_rate : 0,
       held_message_rate: held ? held.message_rate : 0,
@@ -316,6 +317,8 @@ export const presence = async (opts) => {
   const connectErrors = run.connectionErrors
   await sleep(500) // the joins' presence announcements settle before the window opens
   const movers = room.clients.filter((c) => c.alive)
+  // every client learnt every other one's presence on joining (the server's dump of the room)
+  const knownAtStart = Math.min(...movers.map((c) => c.presenceSeen.size))
   const window = (run.window = new Window())
   const meter = new Meter(opts.meter).start()
   const start = now()
@@ -360,7 +363,8 @@ export const presence = async (opts) => {
   return {
     scenario: 'presence', url: opts.url, clients: opts.clients, rate: opts.rate, duration: opts.duration,
     relay_presence: opts.relayPresence, ...summary, connect_errors: connectErrors,
-    connection_errors: run.connectionErrors - connectErrors, stale_presence: stale, converged: stale === 0
+    connection_errors: run.connectionErrors - connectErrors, stale_presence: stale, converged: stale === 0,
+    undecodable_messages: run.undecodable, presence_known_at_start_min: knownAtStart
   }
 }
 
@@ -391,7 +395,7 @@ export const idle = async (opts) => {
     scenario: 'idle', url: opts.url, connections: count, failed: failures, connect_seconds: round(connectSeconds, 3),
     errors_while_idle: errorsWhileIdle, rss_before_mib: round(before / 2 ** 20),
     rss_after_mib: round(after / 2 ** 20), kib_per_connection: pid ? round((after - before) / count / 1024) : null,
-    idle_server_cpu_percent: machine.server_cpu_percent ?? null, ...machine
+    idle_server_cpu_percent: machine.server_cpu_percent ?? null, ...markBounds(machine)
   }
 }
 
@@ -450,7 +454,8 @@ export const join = async (opts) => {
       storms.push({
         failed: failures, all_synced_ms: allSynced === null ? null : round(allSynced, 3),
         sync_ms: latencySummary(clients.filter((c) => c.syncedAt).map((c) => c.syncedAt - started)),
-        document_lengths: lengths, ok: failures === 0 && lengths.length === 1 && lengths[0] === opts.size, ...machine
+        document_lengths: lengths, ok: failures === 0 && lengths.length === 1 && lengths[0] === opts.size,
+        ...markBounds(machine)
       })
     }
   } finally {
@@ -460,6 +465,7 @@ export const join = async (opts) => {
   return {
     scenario: 'join', url: opts.url, room, size: opts.size, clients: opts.clients, seeded: opts.seedDocument,
     seed_seconds: round(seedSeconds, 3), storms, ok: storms.every((s) => s.ok),
+    generator_bound: storms.some((s) => s.generator_bound), contended: storms.some((s) => s.contended),
     all_synced_ms: times.length ? times[Math.floor((times.length - 1) / 2)] : null
   }
 }
