@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from collab.bus import Bus, open_bus
 from collab.config import Settings, redact_url
 from collab.rooms import Rooms
 from collab.store import Store, open_store
+from collab.transport.poll import PollEndpoint, PollLimits
 from collab.transport.websocket import Limits, WebSocketEndpoint
 
 log = logging.getLogger("collab")
@@ -34,15 +37,21 @@ class AssetFiles(StaticFiles):
 
 
 class CollabApp(Starlette):
-    """The Starlette app, except that WebSockets under ``/ws`` go straight to the room endpoint:
-    no routing (a room name may hold anything a URL can carry, which a route pattern would refuse
-    with a bare 403) and no middleware frames kept alive for the life of every connection."""
+    """The Starlette app, except that WebSockets under ``/ws`` and the HTTP fallback under
+    ``/poll`` go straight to their endpoints: no routing (a room name may hold anything a URL can
+    carry, which a route pattern would refuse with a bare 403) and no middleware frames kept
+    alive for the life of every connection."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             path = scope["path"]
             if path == "/ws" or path.startswith("/ws/"):
                 await self.state.collab.sockets(scope, receive, send)
+                return
+        elif scope["type"] == "http":
+            path = scope["path"]
+            if path == "/poll" or path.startswith("/poll/"):
+                await self.state.collab.polls(scope, receive, send)
                 return
         elif scope["type"] == "lifespan":
             await self.state.collab.lifespan(receive, send)
@@ -59,13 +68,17 @@ class Collab:
                                        compact_threshold=settings.compact_threshold)
         self.bus: Bus = open_bus(settings.redis, settings.instance_id)
         self.rooms = Rooms(self.store, self.bus, idle_seconds=settings.room_idle,
-                           durable_acks=settings.durable_acks)
+                           durable_acks=settings.durable_acks,
+                           presence_hold=settings.poll_presence_hold)
         self.accepting = False
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.admission = Admission(is_accepting=lambda: self.accepting)
         self.sockets = WebSocketEndpoint(
             self.rooms, self.admission,
             Limits(max_send_buffer=settings.max_send_buffer, keepalive=settings.keepalive),
         )
+        self.polls = PollEndpoint(self.rooms, self.admission, PollLimits(
+            max_body=settings.max_message_size, timeout=settings.poll_timeout))
 
     async def start(self) -> None:
         try:
@@ -75,6 +88,7 @@ class Collab:
                                f"{exc or type(exc).__name__}") from exc
         await self.bus.open()
         self.rooms.start()
+        self.loop = asyncio.get_running_loop()
         self.accepting = True
         log.info("collab %s ready (store %s, bus %s)", __version__, redact_url(self.settings.store),
                  redact_url(self.settings.redis) if self.settings.redis else "local")
@@ -99,9 +113,15 @@ class Collab:
             with contextlib.suppress(Exception):
                 await part.close()
 
+    def drain(self) -> None:
+        """Take no new clients and answer the parked polls at once: a server that stops
+        gracefully waits for requests in progress, and a parked poll would hold it up."""
+        self.accepting = False
+        self.polls.close_all(codes.SERVICE_RESTART.close, "server restarting, poll again")
+
     async def stop(self) -> None:
         """Take no new clients, close the ones left with 1012, flush everything to the store."""
-        self.accepting = False
+        self.drain()
         self.sockets.close_all(codes.SERVICE_RESTART.close, "server restarting, reconnect")
         await self.rooms.close()
         await self.store.close()
@@ -132,6 +152,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "updates_applied": collab.rooms.updates_applied,
             "bus_healthy": collab.bus.healthy,
             "bus": collab.bus.metrics(),
+            "poll": dataclasses.asdict(collab.polls.stats),
         })
 
     index_html = Path(settings.web_dir) / "index.html"

@@ -76,6 +76,8 @@ def serve(args: argparse.Namespace) -> int:
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             collab.accepting = False  # readiness fails at once; new sockets are refused
+            if collab.loop is not None:  # parked polls are answered now, not after the grace
+                collab.loop.call_soon_threadsafe(collab.drain)
             super().handle_exit(sig, frame)
             self._captured_signals.clear()  # a graceful stop exits 0, not by re-raising the signal
 

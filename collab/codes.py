@@ -46,6 +46,15 @@ TABLE: tuple[Outcome, ...] = (
 )
 """Every documented outcome, in the order of the table in ``docs/protocol.md``."""
 
+def http_status(close_code: int) -> int:
+    """The HTTP status that means what ``close_code`` means (for a transport without
+    connections, which answers where the other would close); 500 for a code not in the table."""
+    for outcome in TABLE:
+        if outcome.close == close_code and outcome.http is not None:
+            return outcome.http
+    return INTERNAL_ERROR.http or 500
+
+
 READ_ONLY_REASON = "read-only"
 """The reason of the y-protocols auth "permission denied" message a read-only member gets once
 (it is not closed: it keeps receiving the document and presence)."""

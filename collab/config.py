@@ -151,6 +151,14 @@ class Settings:
         "echo each update back to its client once stored, for clients that ask with ?acks=1 "
         "(the editor's 'saved' status)",
         "COLLAB_DURABLE_ACKS", boolean, "BOOL")})
+    poll_timeout: float = field(default=25.0, metadata={"option": Option(
+        "how long an HTTP fallback poll waits for something to send before it is answered "
+        "empty (keep it below the idle timeout of proxies on the way)", "COLLAB_POLL_TIMEOUT",
+        positive_float, "SECONDS")})
+    poll_presence_hold: float = field(default=20.0, metadata={"option": Option(
+        "keep the presence of an HTTP fallback client this long after its last request "
+        "ended (a live client polls again at once)", "COLLAB_POLL_PRESENCE_HOLD",
+        positive_float, "SECONDS")})
     web_dir: Path = field(default=Path(__file__).resolve().parent.parent / "web" / "dist",
                           metadata={"option": Option("built editor to serve", "COLLAB_WEB_DIR",
                                                      Path, "DIR")})

@@ -6,6 +6,12 @@ granted; :meth:`Room.join` returns the :class:`Member` record through which the 
 that client's messages and, at the end, its leaving. Everything else the room knows about the
 client lives in the member, so a WebSocket and an HTTP fallback session are members alike.
 
+A transport without connections (the HTTP fallback) makes every request a member and names the
+client with a ``client_key``: its members share one :class:`Lease` on the presence it brought,
+which outlives each request, and :meth:`Room.resume` sends such a member what the client missed
+since the :class:`~collab.version.Version` it last got, from the room's broadcast
+:class:`~collab.history.History` when it can, else as a diff against its state vector.
+
 The room applies what writers send, broadcasts what the engine produced from it (never a
 client's raw bytes), appends it to the store and publishes it on the bus. Everything here runs on
 the event loop without awaiting, so handling one message is atomic with respect to every other.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -25,8 +32,10 @@ from typing import Any, Protocol
 from collab import codes, crdt, protocol
 from collab.admission import Access
 from collab.bus import Bus, BusMessage, Kind
+from collab.history import History
 from collab.protocol import AwarenessEntry
 from collab.store import Store, StoredDocument
+from collab.version import Version, document_digest, presence_digest
 
 log = logging.getLogger("collab.room")
 
@@ -35,6 +44,14 @@ EMPTY_STATE_VECTOR = b"\x00"
 REMOTE_AWARENESS_TIMEOUT = 30.0
 """Presence heard from another instance that is not renewed within this time is dropped
 (stock clients renew theirs every 15 s; the same timeout they apply)."""
+
+PRESENCE_HOLD = 20.0
+"""How long the presence of a client without a connection (the HTTP fallback) is kept after
+its last request ended; a live one sends its next request at once."""
+
+REMOVALS_SHOWN = 60.0
+"""A client catching up by diff is also sent the removals of this many seconds, so that it
+drops presence it holds of clients that left while it was away."""
 
 READ_ONLY_FRAME = protocol.encode_auth_denied(codes.READ_ONLY_REASON)
 
@@ -47,6 +64,18 @@ class Peer(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """End the client's connection (the transport then calls :meth:`Room.leave`)."""
+
+
+@dataclass(slots=True, eq=False)
+class Lease:
+    """The presence brought by a client that reaches the room through separate requests: it
+    is kept while any of its requests is here and ``hold`` seconds after the last one ended,
+    and removed at once on a goodbye."""
+
+    key: str
+    requests: int = 0
+    """Requests of this client in the room now."""
+    idle_since: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -64,6 +93,9 @@ class Member:
     """The awareness client ids it brought into the room (removed for all when it leaves)."""
     acks: deque[tuple[asyncio.Future[object], bytes]] | None = None
     """Acks waiting for their commit, in arrival order (created on first use)."""
+    lease: Lease | None = None
+    """For a client without a connection: the presence it holds across its requests. Such a
+    member is not sent what came from the same client (its other requests)."""
 
     @property
     def may_write(self) -> bool:
@@ -73,12 +105,22 @@ class Member:
     def user(self) -> Mapping[str, Any]:
         return self.access.user
 
+    @property
+    def client_key(self) -> str | None:
+        return self.lease.key if self.lease is not None else None
+
+    @property
+    def presence_owner(self) -> Member | Lease:
+        return self.lease if self.lease is not None else self
+
 
 @dataclass(slots=True)
 class PresenceState:
     entry: AwarenessEntry
-    local: bool
-    """True for a client of this instance; False for one heard on the bus."""
+    owner: Member | Lease | None
+    """What brought the newest state: a member or lease of this instance, or None when it was
+    heard on the bus. Only that owner's going removes it (a client that moved to another
+    instance, or from the fallback to a WebSocket, is not removed by the one it left)."""
     heard_at: float = field(default_factory=time.monotonic)
 
 
@@ -89,18 +131,28 @@ def _retrieve(future: asyncio.Future[object]) -> None:
 
 
 class Room:
-    def __init__(self, name: str, store: Store, bus: Bus, *, durable_acks: bool = True) -> None:
+    def __init__(self, name: str, store: Store, bus: Bus, *, durable_acks: bool = True,
+                 presence_hold: float = PRESENCE_HOLD) -> None:
         self.name = name
         self.store = store
         self.bus = bus
         self.durable_acks = durable_acks
+        self.presence_hold = presence_hold
         self.doc = crdt.Document()
         self.members: set[Member] = set()
         self.presence: dict[int, PresenceState] = {}
+        self.leases: dict[str, Lease] = {}
+        self.history = History()
+        self.incarnation = os.urandom(8)
+        """Names this room's lifetime on this instance in the versions it issues."""
         self.updates_applied = 0
         self.updates_refused_read_only = 0
         self._catching_up: asyncio.Task[None] | None = None
         self._full_step2: bytes | None = None
+        self._doc_version = 0
+        self._doc_digest: tuple[int, bytes] | None = None
+        self._presence_version = 0
+        self._presence_digest: tuple[int, bytes] | None = None
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -122,11 +174,21 @@ class Room:
 
     # --- members ----------------------------------------------------------------------------
 
-    def join(self, peer: Peer, access: Access, *, wants_acks: bool = False) -> Member:
-        """Admit an admitted client: it is sent the server's step 1 and the live presence, and a
-        read-only client is told once that its changes go nowhere."""
+    def join(self, peer: Peer, access: Access, *, wants_acks: bool = False,
+             client_key: str | None = None) -> Member:
+        """Admit an admitted client. A connection is sent the server's step 1 and the live
+        presence, and a read-only client is told once that its changes go nowhere. A request
+        of a client without a connection (``client_key``) is sent nothing yet: see
+        :meth:`resume`."""
         member = Member(self, peer, access, wants_acks=wants_acks)
         self.members.add(member)
+        if client_key is not None:
+            lease = self.leases.get(client_key)
+            if lease is None:
+                lease = self.leases[client_key] = Lease(client_key)
+            lease.requests += 1
+            member.lease = lease
+            return member
         peer.send(protocol.encode_sync_step1(self.doc.state_vector()))
         if not member.may_write:
             peer.send(READ_ONLY_FRAME)
@@ -135,16 +197,92 @@ class Room:
         return member
 
     def leave(self, member: Member) -> None:
-        """Drop the member and, for everyone else at once, its presence."""
+        """Drop the member and, for everyone else at once, its presence; a request's presence
+        stays with its client's lease."""
+        if member not in self.members:
+            return
         self.members.discard(member)
         member.acks = None
-        removed = []
-        for client_id in member.awareness_ids:
-            state = self.presence.get(client_id)
-            if state is not None and not state.entry.is_removal:
-                removed.append(AwarenessEntry(client_id, state.entry.clock, "null"))
-        self._merge_presence(removed, local=True)
+        lease = member.lease
+        if lease is None:
+            self._remove_presence_of(member)
+        else:
+            lease.requests -= 1
+            if lease.requests == 0:
+                lease.idle_since = time.monotonic()
+
+    def goodbye(self, client_key: str) -> None:
+        """The client without a connection says it is leaving: its presence goes at once."""
+        lease = self.leases.get(client_key)
+        if lease is not None:
+            self._remove_presence_of(lease)
+            if lease.requests == 0:
+                del self.leases[client_key]
+
+    def _remove_presence_of(self, owner: Member | Lease) -> None:
+        removed = [AwarenessEntry(client_id, state.entry.clock, "null")
+                   for client_id, state in self.presence.items()
+                   if state.owner is owner and not state.entry.is_removal]
+        self._merge_presence(removed, owner=owner)
         self._announce_presence(removed, publish=True)
+
+    def resume(self, member: Member, state_vector: bytes, since: Version | None) -> None:
+        """Bring a request of a client without a connection up to date, then let it receive
+        broadcasts. ``since`` is the version the client last got (None on its first request).
+        From this room's own history the member is sent exactly what it missed (nothing, if
+        nothing happened); otherwise the diff against ``state_vector`` and the presence,
+        unless the digests show the client has it all. The server's step 1 goes along when
+        the client may hold something the server lacks (its first request, or a state vector
+        ahead of the server's, when it comes from elsewhere), so the client answers with its
+        step 2; a read-only client is told so first, on its first request."""
+        member.synced = True
+        if since is not None and since.incarnation == self.incarnation:
+            missed = self.history.since(since.seq, exclude=member.client_key)
+            if missed is not None:
+                for frame in missed:
+                    member.peer.send(frame)
+                return
+        if since is None and not member.may_write:
+            member.peer.send(READ_ONLY_FRAME)  # first, so that it sends none of its changes
+        if since is None or since.document != self.document_digest():
+            member.peer.send(self._step2_for(state_vector))
+        if since is None or self._lacks_any_of(state_vector):
+            member.peer.send(protocol.encode_sync_step1(self.doc.state_vector()))
+        if (since is None and self.presence) or (since is not None
+                                                 and since.presence != self.presence_digest()):
+            member.peer.send(self._presence_frame(with_removals=True))
+
+    def version(self) -> Version:
+        """What a member that received everything broadcast so far has."""
+        return Version(self.incarnation, self.history.seq, self.document_digest(),
+                       self.presence_digest())
+
+    def _lacks_any_of(self, state_vector: bytes) -> bool:
+        """True when a client with ``state_vector`` has structs this document lacks."""
+        mine = crdt.decode_state_vector(self.doc.state_vector())
+        theirs = crdt.decode_state_vector(state_vector)
+        return any(clock > mine.get(client, 0) for client, clock in theirs.items())
+
+    def document_digest(self) -> bytes:
+        """The digest of the document now, computed once per document version."""
+        cached = self._doc_digest
+        if cached is None or cached[0] != self._doc_version:
+            delete_set = self.doc.diff(self.doc.state_vector())
+            cached = self._doc_digest = (self._doc_version,
+                                         document_digest(self.doc.state_vector(), delete_set))
+        return cached[1]
+
+    def presence_digest(self) -> bytes:
+        cached = self._presence_digest
+        if cached is None or cached[0] != self._presence_version:
+            cached = self._presence_digest = (self._presence_version,
+                                              presence_digest(self.live_presence()))
+        return cached[1]
+
+    def acks_waiting(self, member: Member) -> list[asyncio.Future[object]]:
+        """The commits the member's acks wait for (a transport that answers each request once
+        waits for them before it answers)."""
+        return [committed for committed, _frame in member.acks or ()]
 
     # --- messages from clients --------------------------------------------------------------
 
@@ -169,6 +307,7 @@ class Room:
         produced = self.doc.apply(update)
         if produced is not None:
             self._full_step2 = None
+            self._doc_version += 1
         return produced
 
     def _step2_for(self, state_vector: bytes) -> bytes:
@@ -217,20 +356,21 @@ class Room:
 
     def _receive_awareness(self, member: Member, payload: bytes) -> None:
         entries = protocol.decode_awareness_payload(payload)
-        accepted, appeared = self._merge_presence(entries, local=True)
+        accepted, appeared = self._merge_presence(entries, owner=member.presence_owner)
         # A member owns the clients it brought into the room, not every state it relays (stock
         # clients re-send everything they hear): its leaving removes only those.
         gone = {e.client_id for e in accepted if e.is_removal}
         if appeared or gone & member.awareness_ids:
             member.awareness_ids = (member.awareness_ids | appeared) - gone
-        self._announce_presence(accepted, publish=True)
+        self._announce_presence(accepted, publish=True, origin=member.client_key)
 
     def _merge_presence(self, entries: list[AwarenessEntry], *,
-                        local: bool) -> tuple[list[AwarenessEntry], set[int]]:
+                        owner: Member | Lease | None) -> tuple[list[AwarenessEntry], set[int]]:
         """Apply the y-protocols awareness rule: a newer clock wins; a removal at the same clock
         wins over a live state. A removal is kept (with its clock) so that a stale copy of the
-        state relayed late cannot bring the client back. Returns the entries that changed what
-        people see, and the clients that appeared."""
+        state relayed late cannot bring the client back. Whoever brought an accepted state owns
+        it (``owner``; None for the bus). Returns the entries that changed what people see, and
+        the clients that appeared."""
         accepted: list[AwarenessEntry] = []
         appeared: set[int] = set()
         now = time.monotonic()
@@ -243,19 +383,26 @@ class Room:
             ):
                 continue
             was_live = current is not None and not current.entry.is_removal
-            self.presence[entry.client_id] = PresenceState(entry, local, now)
+            self.presence[entry.client_id] = PresenceState(entry, owner, now)
             if entry.is_removal and not was_live:
                 continue  # nobody saw it: remember the clock, tell no one
             if not entry.is_removal and not was_live:
                 appeared.add(entry.client_id)
             accepted.append(entry)
+        if accepted:
+            self._presence_version += 1
         return accepted, appeared
 
     def live_presence(self) -> list[AwarenessEntry]:
         return [state.entry for state in self.presence.values() if not state.entry.is_removal]
 
-    def _presence_frame(self) -> bytes:
-        return protocol.encode_awareness(protocol.encode_awareness_payload(self.live_presence()))
+    def _presence_frame(self, *, with_removals: bool = False) -> bytes:
+        entries = self.live_presence()
+        if with_removals:
+            recent = time.monotonic() - REMOVALS_SHOWN
+            entries += [state.entry for state in self.presence.values()
+                        if state.entry.is_removal and state.heard_at >= recent]
+        return protocol.encode_awareness(protocol.encode_awareness_payload(entries))
 
     # --- messages from other instances ------------------------------------------------------
 
@@ -268,7 +415,7 @@ class Room:
                     self._broadcast(protocol.encode_sync_update(produced), exclude=None)
             elif message.kind is Kind.AWARENESS:
                 entries = protocol.decode_awareness_payload(message.payload)
-                accepted, _appeared = self._merge_presence(entries, local=False)
+                accepted, _appeared = self._merge_presence(entries, owner=None)
                 self._announce_presence(accepted, publish=False)  # never re-published
         except (crdt.InvalidUpdate, protocol.ProtocolError) as exc:
             log.warning("room %r: ignoring a bad bus message: %s", self.name, exc)
@@ -287,32 +434,53 @@ class Room:
         except Exception as exc:
             log.warning("room %r: catch-up from the store failed: %s", self.name, exc)
 
-    def expire_remote_presence(self, now: float | None = None) -> None:
-        """Drop presence heard from other instances that stopped renewing it (a dead instance)."""
+    def expire_presence(self, now: float | None = None) -> None:
+        """Drop presence heard from other instances that stopped renewing it (a dead instance),
+        and the presence of clients without a connection whose last request is ``presence_hold``
+        seconds past."""
         now = time.monotonic() if now is None else now
         stale = [
             AwarenessEntry(cid, state.entry.clock, "null")
             for cid, state in self.presence.items()
-            if not state.local and not state.entry.is_removal
+            if state.owner is None and not state.entry.is_removal
             and now - state.heard_at > REMOTE_AWARENESS_TIMEOUT
         ]
-        removed, _appeared = self._merge_presence(stale, local=False)
+        removed, _appeared = self._merge_presence(stale, owner=None)
         self._announce_presence(removed, publish=False)  # every instance expires it itself
+        for key, lease in list(self.leases.items()):
+            if lease.requests == 0 and now - lease.idle_since >= self.presence_hold:
+                del self.leases[key]
+                self._remove_presence_of(lease)
 
     # --- fan-out ----------------------------------------------------------------------------
 
-    def _announce_presence(self, entries: list[AwarenessEntry], *, publish: bool) -> None:
+    def _announce_presence(self, entries: list[AwarenessEntry], *, publish: bool,
+                           origin: str | None = None) -> None:
         """Tell every local member, the sender included (the stock client drops a socket that
-        hears nothing), and with ``publish`` the other instances."""
+        hears nothing; a client without a connection needs no echo), and with ``publish`` the
+        other instances."""
         if not entries:
             return
         payload = protocol.encode_awareness_payload(entries)
-        self._broadcast(protocol.encode_awareness(payload), exclude=None, everyone=True)
+        self._broadcast(protocol.encode_awareness(payload), exclude=None, everyone=True,
+                        origin=origin)
         if publish:
             self.bus.publish(self.name, Kind.AWARENESS, payload)
 
-    def _broadcast(self, frame: bytes, *, exclude: Member | None, everyone: bool = False) -> None:
-        """Queue one encoded frame for every (synced) member; the bytes object is shared."""
+    def _broadcast(self, frame: bytes, *, exclude: Member | None, everyone: bool = False,
+                   origin: str | None = None) -> None:
+        """Queue one encoded frame for every (synced) member but ``exclude`` and the requests
+        of the client it came from; the bytes object is shared. The frame is kept in the
+        history for clients that are between two requests."""
+        if origin is None and exclude is not None:
+            origin = exclude.client_key
+        if self.leases:  # only clients without a connection read the history
+            self.history.append(frame, origin)
+        else:
+            self.history.skip()
         for member in self.members:
-            if member is not exclude and (everyone or member.synced):
-                member.peer.send(frame)
+            if member is exclude or not (everyone or member.synced):
+                continue
+            if origin is not None and member.client_key == origin:
+                continue
+            member.peer.send(frame)

@@ -7,7 +7,7 @@ import logging
 
 from collab.admission import Access
 from collab.bus import Bus
-from collab.room import Member, Peer, Room
+from collab.room import PRESENCE_HOLD, Member, Peer, Room
 from collab.store import Store
 
 log = logging.getLogger("collab.rooms")
@@ -16,15 +16,18 @@ log = logging.getLogger("collab.rooms")
 class Rooms:
     """Get-or-load rooms by name. Clients that arrive while a room loads wait for that one load
     (a client never syncs against a half-loaded document); a room whose last peer left is
-    flushed, compacted and dropped after ``idle_seconds``."""
+    flushed, compacted and dropped after ``idle_seconds`` (a room that holds the presence of
+    clients between two requests is kept until that presence expires)."""
 
     def __init__(self, store: Store, bus: Bus, *, idle_seconds: float = 5.0,
-                 durable_acks: bool = True, housekeeping_interval: float = 5.0) -> None:
+                 durable_acks: bool = True, housekeeping_interval: float = 5.0,
+                 presence_hold: float = PRESENCE_HOLD) -> None:
         self.store = store
         self.bus = bus
         self.idle_seconds = idle_seconds
         self.durable_acks = durable_acks
         self.housekeeping_interval = housekeeping_interval
+        self.presence_hold = presence_hold
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._evictions: dict[str, asyncio.Task[None]] = {}
@@ -35,19 +38,23 @@ class Rooms:
     def start(self) -> None:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="rooms-housekeeping")
 
-    async def join(self, name: str, peer: Peer, access: Access, *, wants_acks: bool = False) -> Member:
+    async def join(self, name: str, peer: Peer, access: Access, *, wants_acks: bool = False,
+                   client_key: str | None = None) -> Member:
         """Join the room ``name`` (loading it if need be); see :meth:`Room.join`."""
         room = await self.get(name)
         eviction = self._evictions.pop(name, None)
         if eviction is not None:
             eviction.cancel()
-        return room.join(peer, access, wants_acks=wants_acks)
+        return room.join(peer, access, wants_acks=wants_acks, client_key=client_key)
 
     def leave(self, member: Member) -> None:
         """The member's client is gone; its room is evicted once idle."""
         room = member.room
         room.leave(member)
-        if not room.members and room.name not in self._evictions:
+        self._evict_when_idle(room)
+
+    def _evict_when_idle(self, room: Room) -> None:
+        if not room.members and not room.leases and room.name not in self._evictions:
             self._evictions[room.name] = asyncio.create_task(self._evict_later(room))
 
     async def get(self, name: str) -> Room:
@@ -66,7 +73,8 @@ class Rooms:
         return await asyncio.shield(loading)
 
     async def _load(self, name: str) -> Room:
-        room = Room(name, self.store, self.bus, durable_acks=self.durable_acks)
+        room = Room(name, self.store, self.bus, durable_acks=self.durable_acks,
+                    presence_hold=self.presence_hold)
         await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap, room.on_bus_unconfirmed)
         try:
             room.load(await self.store.load(name))
@@ -93,13 +101,13 @@ class Rooms:
 
     async def _evict(self, room: Room) -> None:
         await self.store.flush()
-        if room.members:
+        if room.members or room.leases:
             return
         try:
             await self.store.compact(room.name)
         except Exception:
             log.exception("compaction of %r on eviction failed; the log is kept", room.name)
-        if room.members or self.rooms.get(room.name) is not room:
+        if room.members or room.leases or self.rooms.get(room.name) is not room:
             return
         del self.rooms[room.name]
         self._updates_of_evicted_rooms += room.updates_applied
@@ -120,7 +128,8 @@ class Rooms:
         while True:
             await asyncio.sleep(self.housekeeping_interval)
             for room in list(self.rooms.values()):
-                room.expire_remote_presence()
+                room.expire_presence()
+                self._evict_when_idle(room)
 
     async def close(self) -> None:
         """Stop housekeeping and pending evictions; the caller flushes and closes the store."""

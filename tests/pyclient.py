@@ -67,10 +67,9 @@ class PyClient:
         elif isinstance(message, protocol.SyncStep2):
             self.doc.apply(message.update)
             self.synced.set()
-            self.changed.set()
         elif isinstance(message, protocol.SyncUpdate):
             self.doc.apply(message.update)
-            self.changed.set()
+        self.changed.set()  # wait_for re-checks on every message (presence included)
 
     async def insert(self, text: str, index: int | None = None) -> None:
         """Edit locally; send now if connected (else the next resync carries it)."""

@@ -11,10 +11,12 @@ import pytest
 from collab import crdt, protocol
 from collab.admission import READ, WRITE, Access
 from collab.bus import BusMessage, Kind, LocalBus
+from collab.history import History
 from collab.protocol import AwarenessEntry
 from collab.room import Member, Room
 from collab.rooms import Rooms
 from collab.store import Store, open_store
+from collab.version import Version
 
 
 class RecordingPeer:
@@ -210,9 +212,9 @@ async def test_remote_presence_expires_when_no_longer_renewed(store: Store) -> N
     payload = protocol.encode_awareness_payload([AwarenessEntry(9, 1, '{"n":1}')])
     room.on_bus_message(BusMessage("r", Kind.AWARENESS, payload))
     assert 9 in room.presence
-    room.expire_remote_presence(now=room.presence[9].heard_at + 10)
+    room.expire_presence(now=room.presence[9].heard_at + 10)
     assert 9 in room.presence
-    room.expire_remote_presence(now=room.presence[9].heard_at + 31)
+    room.expire_presence(now=room.presence[9].heard_at + 31)
     assert room.presence[9].entry.is_removal and room.live_presence() == []
     assert protocol.decode_awareness_payload(sent(bob)[-1].payload)[0].is_removal  # type: ignore[union-attr]
 
@@ -343,3 +345,189 @@ async def test_a_read_only_member_sees_everything_is_told_once_and_changes_nothi
     state = AwarenessEntry(5, 1, '{"user":{"name":"Reader"}}')
     room.receive(reader, protocol.AwarenessUpdate(protocol.encode_awareness_payload([state])))
     assert room.live_presence() == [state]  # a reader still shows its cursor
+
+
+# --- clients without a connection (the HTTP fallback) -----------------------------------------
+
+
+def request(room: Room, key: str, access: Access = WRITE) -> Member:
+    return room.join(RecordingPeer(), access, wants_acks=True, client_key=key)
+
+
+def polled(room: Room, key: str, since: Version | None = None, *, vector: bytes = b"\x00",
+           access: Access = WRITE) -> Member:
+    member = request(room, key, access)
+    room.resume(member, vector, since)
+    return member
+
+
+def awareness(*entries: AwarenessEntry) -> protocol.AwarenessUpdate:
+    return protocol.AwarenessUpdate(protocol.encode_awareness_payload(list(entries)))
+
+
+async def test_a_first_poll_gets_the_document_the_servers_step1_and_presence(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    writer = joined(room)
+    room.receive(writer, protocol.SyncUpdate(edit("hello")))
+    room.receive(writer, awareness(AwarenessEntry(1, 1, '{"n":1}')))
+    poll = polled(room, "client-a")
+    kinds = [type(m) for m in sent(poll)]
+    assert kinds == [protocol.SyncStep2, protocol.SyncStep1, protocol.AwarenessUpdate]
+    assert crdt.document_from([sent(poll)[0].update]).text() == "hello"  # type: ignore[union-attr]
+    assert poll.synced
+
+
+async def test_a_poll_with_its_version_gets_exactly_what_it_missed_but_its_own(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    writer = joined(room)
+    first = polled(room, "client-a")
+    room.leave(first)
+    version = room.version()
+    assert sent(polled(room, "client-a", version)) == []  # nothing new: nothing at all
+    own = request(room, "client-a")  # a send of the same client, while its poll is away
+    room.receive(own, protocol.SyncUpdate(edit("mine")))
+    room.leave(own)
+    room.receive(writer, protocol.SyncUpdate(edit("theirs")))
+    missed = polled(room, "client-a", version)
+    assert [crdt.document_from([u]).text() for u in updates(missed)] == ["theirs"]
+
+
+async def test_a_parked_poll_receives_broadcasts_but_not_its_clients_own(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    writer = joined(room)
+    parked = polled(room, "client-a")
+    before = len(sent(parked))
+    send = request(room, "client-a")
+    room.receive(send, protocol.SyncUpdate(edit("mine")))
+    room.receive(send, awareness(AwarenessEntry(7, 1, '{"me":1}')))
+    assert len(sent(parked)) == before  # neither its update nor its presence comes back
+    room.receive(writer, protocol.SyncUpdate(edit("theirs")))
+    assert [crdt.document_from([u]).text() for u in updates(parked)] == ["theirs"]
+    assert any(isinstance(m, protocol.AwarenessUpdate) for m in sent(writer))
+
+
+async def test_another_instances_version_of_the_same_content_means_nothing_new(store: Store) -> None:
+    here, there = Room("r", store, RecordingBus()), Room("r", store, RecordingBus())
+    update = edit("same")
+    for room in (here, there):
+        room.doc.apply(update)
+        room._doc_version += 1
+    version = here.version()
+    assert version.incarnation != there.incarnation
+    assert sent(polled(there, "client-a", version, vector=here.doc.state_vector())) == []
+    deletion = crdt.document_from([update])
+    produced = deletion.edit_text(0, delete=2)
+    assert produced is not None
+    there.on_bus_message(BusMessage("r", Kind.UPDATE, produced))  # a deletion: same state vector
+    answer = sent(polled(there, "client-a", version, vector=here.doc.state_vector()))
+    assert [type(m) for m in answer] == [protocol.SyncStep2]  # the diff, and nothing else
+    client = crdt.document_from([update])
+    client.apply(answer[0].update)  # type: ignore[union-attr]
+    assert client.text() == "me"
+
+
+async def test_a_poll_too_old_for_the_history_falls_back_to_the_diff(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    room.history = History(max_frames=2)
+    writer = joined(room)
+    first = polled(room, "client-a")
+    room.leave(first)
+    version = room.version()
+    for word in ("a", "b", "c"):
+        room.receive(writer, protocol.SyncUpdate(edit(word)))
+    answer = sent(polled(room, "client-a", version))
+    assert isinstance(answer[0], protocol.SyncStep2)
+    assert sorted(crdt.document_from([answer[0].update]).text()) == ["a", "b", "c"]
+
+
+async def test_the_server_asks_back_when_the_client_has_what_it_lacks(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    version = Room("r", store, RecordingBus()).version()  # another instance's, same content
+    offline = crdt.Document()
+    offline.edit_text(0, "typed offline")
+    answer = sent(polled(room, "client-a", version, vector=offline.state_vector()))
+    assert [type(m) for m in answer] == [protocol.SyncStep1]
+
+
+async def test_a_read_only_poll_is_told_first(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    answer = sent(polled(room, "reader-a", access=READ))
+    assert answer[0] == protocol.Auth(denied=True, reason="read-only")
+
+
+async def test_the_presence_of_a_request_outlives_it_until_the_hold_passes(store: Store) -> None:
+    bus = RecordingBus()
+    room = Room("r", store, bus, presence_hold=20)
+    watcher = joined(room)
+    state = AwarenessEntry(5, 2, '{"user":"poller"}')
+    send = request(room, "client-a")
+    room.receive(send, awareness(state))
+    room.leave(send)
+    assert room.live_presence() == [state]  # between two requests, still there
+    idle_since = room.leases["client-a"].idle_since
+    room.expire_presence(now=idle_since + 19)
+    assert room.live_presence() == [state]
+    parked = polled(room, "client-a", room.version())  # a new request holds it again
+    room.expire_presence(now=idle_since + 60)
+    assert room.live_presence() == [state]
+    room.leave(parked)
+    room.expire_presence(now=room.leases["client-a"].idle_since + 20)
+    assert room.live_presence() == [] and "client-a" not in room.leases
+    removal = protocol.decode_awareness_payload(sent(watcher)[-1].payload)  # type: ignore[union-attr]
+    assert removal == [AwarenessEntry(5, 2, "null")]
+    assert bus.published[-1][1] is Kind.AWARENESS
+
+
+async def test_a_goodbye_removes_the_presence_at_once(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    send = request(room, "client-a")
+    room.receive(send, awareness(AwarenessEntry(5, 1, '{"n":1}')))
+    room.goodbye("client-a")
+    room.leave(send)
+    assert room.live_presence() == []
+
+
+async def test_a_client_that_moved_is_not_removed_by_what_it_left(store: Store) -> None:
+    """From the fallback to a WebSocket on this instance, or to another instance: the newest
+    state's owner is the only one whose going removes it."""
+    room = Room("r", store, RecordingBus(), presence_hold=1)
+    send = request(room, "client-a")
+    room.receive(send, awareness(AwarenessEntry(5, 1, '{"via":"poll"}')))
+    room.leave(send)
+    socket = joined(room)
+    room.receive(socket, awareness(AwarenessEntry(5, 2, '{"via":"ws"}')))
+    room.expire_presence(now=room.leases["client-a"].idle_since + 5)
+    assert [e.state for e in room.live_presence()] == ['{"via":"ws"}']
+    other = request(room, "client-b")
+    room.receive(other, awareness(AwarenessEntry(6, 1, '{"n":6}')))
+    room.leave(other)
+    room.on_bus_message(BusMessage("r", Kind.AWARENESS, protocol.encode_awareness_payload(
+        [AwarenessEntry(6, 2, '{"n":6,"elsewhere":true}')])))
+    room.expire_presence(now=room.leases["client-b"].idle_since + 5)
+    assert {e.client_id for e in room.live_presence()} == {5, 6}
+
+
+async def test_a_room_holding_presence_between_requests_is_not_evicted(store: Store) -> None:
+    rooms = Rooms(store, LocalBus(), idle_seconds=0.01, presence_hold=0.05, housekeeping_interval=0.02)
+    rooms.start()
+    try:
+        member = await rooms.join("r", RecordingPeer(), WRITE, client_key="client-a")
+        room = member.room
+        room.receive(member, awareness(AwarenessEntry(5, 1, '{"n":1}')))
+        rooms.leave(member)
+        await asyncio.sleep(0.03)
+        assert rooms.rooms.get("r") is room  # the lease keeps it
+        await asyncio.wait_for(_until(lambda: "r" not in rooms.rooms), 5)
+    finally:
+        await rooms.close()
+
+
+async def test_acks_of_a_request_can_be_awaited(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    send = request(room, "client-a")
+    room.receive(send, protocol.SyncUpdate(edit("a")))
+    waiting = room.acks_waiting(send)
+    assert len(waiting) == 1 and updates(send) == []
+    await asyncio.gather(*waiting)
+    await asyncio.sleep(0)
+    assert len(updates(send)) == 1
