@@ -413,6 +413,9 @@ def test_a_name_the_server_refuses_is_explained_not_retried(name: str, server: S
     assert ada.page.locator(".notice a[href='./']").is_visible()
     assert sockets == []
     ada.screenshot("browser-refused-name")
+    ada.page.click(".notice button:has-text('Start a new document')")
+    ada.wait_started()
+    assert re.fullmatch(rf"{re.escape(server.http_url)}/d/[a-z]+-[a-z]+-\d{{4}}", ada.page.url), ada.page.url
 
 
 def test_the_longest_allowed_name_opens(server: ServerProcess, editors: Callable[[str], Editor]) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.servers import ServerProcess
 from tests.test_browser import (  # noqa: F401
+    RECONNECT_TIMEOUT_MS,
     SYNC_TIMEOUT_MS,
     Editor,
     browser,
@@ -165,6 +166,32 @@ def test_a_title_renamed_in_one_tab_shows_in_the_other(server: ServerProcess,
     assert carol.page.evaluate("() => collab.title.toString()") == "Final report"
 
 
+def test_the_home_page_and_new_documents_work_offline(tmp_path: Path,
+                                                      server_factory: Callable[..., ServerProcess],
+                                                      tabs: Callable[..., Editor]) -> None:
+    store = f"sqlite:///{tmp_path / 'offline.db'}"
+    server = server_factory(store)
+    ada = tabs("ada").open(document_url(server, "before-the-outage"))
+    ada.wait_synced()
+    set_title(ada, "Written online")
+    ada.wait_saved()
+    assert ada.page.evaluate("() => navigator.serviceWorker.ready.then(r => r.active !== null)")
+
+    assert server.terminate() == 0
+    ada.open_home(server.http_url + "/")  # the service worker's copy of the page
+    assert [r["title"] for r in home_rows(ada)] == ["Written online"]
+    ada.page.click("#new-doc")
+    ada.wait_started()
+    ada.type_at("end", "started offline")
+    ada.page.wait_for_selector('#saved[data-state="unsaved"]', timeout=SYNC_TIMEOUT_MS)
+    assert ada.connection() != "connected"
+
+    server = server_factory(store, port=server.port)
+    ada.wait_synced(timeout=RECONNECT_TIMEOUT_MS)
+    ada.wait_saved(timeout=RECONNECT_TIMEOUT_MS)
+    tabs("bob").open(ada.page.url).wait_text("started offline")
+
+
 # --- Markdown -------------------------------------------------------------------------------------
 
 HOSTILE = """# Heading one
@@ -252,6 +279,46 @@ def test_markdown_preview_renders_and_no_script_from_the_document_runs(
     choose_view(ada, "edit")
     assert not ada.page.locator("#preview").is_visible()
     assert ada.page.evaluate("() => window.__xss") is None
+
+
+def heading_offset(editor: Editor, pane: str, target: str) -> float:
+    """How far below the top of ``pane`` the element ``target`` is, in pixels."""
+    return float(editor.page.evaluate(
+        "([pane, target]) => document.querySelector(target).getBoundingClientRect().top - "
+        "document.querySelector(pane).getBoundingClientRect().top", [pane, target]))
+
+
+def test_split_view_scrolls_text_and_preview_together(server: ServerProcess,
+                                                      tabs: Callable[..., Editor]) -> None:
+    ada, bob = two_synced_pages(tabs, document_url(server, "long-read"))
+    set_text(bob, "\n\n".join(f"## Section {i}\n\n" + "Some words in a paragraph. " * 25 for i in range(60)))
+    choose_view(ada, "split")
+    ada.page.wait_for_function("() => document.querySelectorAll('#preview h2').length === 60")
+    # Scroll the text to section 40: the preview follows to its heading.
+    ada.page.evaluate("""() => {
+        const view = collab.view
+        const at = view.state.doc.toString().indexOf('## Section 40')
+        view.dispatch({ effects: view.constructor.scrollIntoView(at, { y: 'start' }) })
+    }""")
+    ada.page.wait_for_function("""() => {
+        const h = [...document.querySelectorAll('#preview h2')][40].getBoundingClientRect().top
+        const top = document.getElementById('preview-pane').getBoundingClientRect().top
+        return h - top > -60 && h - top < 140
+    }""", timeout=5_000)
+    # Scroll the preview to section 10: the text follows.
+    ada.page.evaluate("""() => {
+        const pane = document.getElementById('preview-pane')
+        const h = [...document.querySelectorAll('#preview h2')][10]
+        pane.scrollTop += h.getBoundingClientRect().top - pane.getBoundingClientRect().top
+    }""")
+    ada.page.wait_for_function("""() => {
+        const line = [...document.querySelectorAll('.cm-line')].find(l => l.textContent === '## Section 10')
+        if (!line) return false
+        const pane = document.getElementById("editor-pane")
+        const top = line.getBoundingClientRect().top - pane.getBoundingClientRect().top
+        return top > -60 && top < 140
+    }""", timeout=5_000)
+    ada.screenshot("documents-split-scrolled")
 
 
 def test_word_and_character_counts(server: ServerProcess, tabs: Callable[..., Editor]) -> None:
@@ -423,8 +490,12 @@ def test_eight_people_keep_the_header_one_row_with_plus_n(server: ServerProcess,
     phone.page.click("#people")
     phone.page.wait_for_selector("#people-panel:not([hidden])")
     assert len(phone.people()) == 7 and set(names) <= set(phone.people())
-    assert phone.page.locator("#people-panel #me-name").is_visible()  # your own name, on a phone
     phone.screenshot("documents-eight-people-phone-list")
+    phone.page.keyboard.press("Escape")
+    # On a phone, your own name is in the menu.
+    phone.page.click("#menu-button")
+    assert phone.page.locator("#menu #me-name").is_visible()
+    phone.screenshot("documents-phone-menu")
     phone.page.keyboard.press("Escape")
 
     # Cursor labels: drawn for as many as fit, never overlapping each other.

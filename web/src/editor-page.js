@@ -98,14 +98,15 @@ const showUnusableName = (problem) => {
   const connection = $('connection')
   connection.dataset.state = 'error'
   connection.querySelector('.label').textContent = 'Not opened'
-  for (const id of ['saved', 'copy-link', 'people', 'menu-button', 'view-mode', 'me']) $(id).hidden = true
-  $('doc-title').disabled = true
-  $('counts').hidden = true
-  const action = el('a', { class: 'button primary', href: homeHref() }, 'Go to your documents')
+  for (const id of ['saved', 'copy-link', 'people', 'menu-button', 'view-mode', 'me', 'doc-title', 'counts']) {
+    $(id).hidden = true
+  }
+  const start = el('button', { class: 'button primary', type: 'button' }, 'Start a new document')
+  start.addEventListener('click', newDocument)
   $('workspace').replaceChildren(el('div', { class: 'notice', role: 'alert' },
     el('h2', {}, 'This link cannot open a document'),
     el('p', {}, `The server refuses this document because ${problem}.`),
-    action))
+    el('div', { class: 'notice-actions' }, start, el('a', { class: 'button', href: homeHref() }, 'Your documents'))))
 }
 
 // --- views: edit, split, preview ------------------------------------------------------------------
