@@ -2,12 +2,18 @@
 lands on the next instance. Backends can be added and removed while it runs; a backend that
 refuses the connection is skipped, as a platform's health check would skip it.
 
+With ``http=True`` it reads each request's head and sends every HTTP request to the next
+instance: one request per connection (it asks the backend to close after its answer, so a
+browser's keep-alive cannot pin a client to one instance). WebSocket upgrades are passed
+through, or refused with 403 (``refuse_upgrades=True``), as by a proxy that strips them.
+
 In-process::
 
     async with Balancer([("127.0.0.1", 8001), ("127.0.0.1", 8002)]) as lb:
         url = lb.ws_url
 
-As a subprocess: ``python -m tests.balancer --port 9000 127.0.0.1:8001 127.0.0.1:8002``.
+As a subprocess: ``python -m tests.balancer --port 9000 [--http] [--refuse-upgrades]
+127.0.0.1:8001 127.0.0.1:8002``.
 """
 
 from __future__ import annotations
@@ -22,18 +28,24 @@ from types import TracebackType
 Backend = tuple[str, int]
 
 CHUNK = 64 * 1024
+MAX_HEAD = 64 * 1024
 
 
 class Balancer:
     def __init__(self, backends: list[Backend] | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, max_connections: int = 512, connect_timeout: float = 2.0) -> None:
+                 port: int = 0, max_connections: int = 512, connect_timeout: float = 2.0,
+                 http: bool = False, refuse_upgrades: bool = False) -> None:
         self.backends: list[Backend] = list(backends or [])
         self.host = host
         self.port = port
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
+        self.http = http
+        self.refuse_upgrades = refuse_upgrades
         self.routed: Counter[Backend] = Counter()
         """Connections handed to each backend so far."""
+        self.requests: list[tuple[str, str, Backend | None]] = []
+        """In HTTP mode: every request's method, target and backend (None when refused)."""
         self._turn = itertools.count()
         self._server: asyncio.Server | None = None
         self._links: dict[asyncio.Task[None], Backend] = {}
@@ -86,12 +98,21 @@ class Balancer:
         task = asyncio.current_task()
         assert task is not None
         try:
+            head = b""
+            if self.http:
+                head = await self._request_head(reader, writer)
+                if head is None:
+                    return
             upstream = await self._connect_next()
             if upstream is None:
                 return
             backend, (up_reader, up_writer) = upstream
             self._links[task] = backend
             self.routed[backend] += 1
+            if self.http:
+                method, target = _request_line(head)
+                self.requests.append((method, target, backend))
+                up_writer.write(head)
             try:
                 await _splice(reader, writer, up_reader, up_writer)
             finally:
@@ -101,6 +122,33 @@ class Balancer:
         finally:
             self._links.pop(task, None)
             writer.close()
+
+    async def _request_head(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> bytes | None:
+        """The request's head, rewritten to end its connection after the answer; None when the
+        request was answered here (a refused upgrade) or the client sent no whole head."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            return None
+        lines = head[:-4].split(b"\r\n")
+        headers = [line for line in lines[1:] if line]
+        names = {line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip().lower()
+                 for line in headers if b":" in line}
+        if names.get(b"upgrade") == b"websocket":
+            if self.refuse_upgrades:
+                method, target = _request_line(head)
+                self.requests.append((method, target, None))
+                body = b"WebSocket upgrades are not allowed here\n"
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+                with contextlib.suppress(OSError):
+                    await writer.drain()
+                return None
+            return head  # a WebSocket: one long connection, passed through as it is
+        kept = [line for line in headers
+                if line.split(b":", 1)[0].strip().lower() not in (b"connection", b"keep-alive")]
+        return b"\r\n".join([lines[0], *kept, b"Connection: close"]) + b"\r\n\r\n"
 
     async def _connect_next(self) -> tuple[Backend, tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None:
         """The next backend in turn that accepts a connection, or None if none does."""
@@ -135,13 +183,18 @@ async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
             await sink.drain()
 
 
+def _request_line(head: bytes) -> tuple[str, str]:
+    method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+    return method, rest.rsplit(" ", 1)[0]
+
+
 def _parse_backend(text: str) -> Backend:
     host, _, port = text.rpartition(":")
     return host or "127.0.0.1", int(port)
 
 
-async def _serve(port: int, backends: list[Backend]) -> None:
-    balancer = await Balancer(backends, port=port).start()
+async def _serve(port: int, backends: list[Backend], *, http: bool, refuse_upgrades: bool) -> None:
+    balancer = await Balancer(backends, port=port, http=http, refuse_upgrades=refuse_upgrades).start()
     print(f"balancing 127.0.0.1:{balancer.port} over {len(backends)} backends", flush=True)
     try:
         await asyncio.Event().wait()
@@ -152,10 +205,15 @@ async def _serve(port: int, backends: list[Backend]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="round-robin TCP balancer for tests (loopback only)")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--http", action="store_true",
+                        help="one HTTP request per connection, each to the next backend")
+    parser.add_argument("--refuse-upgrades", action="store_true",
+                        help="answer WebSocket upgrades with 403 (with --http)")
     parser.add_argument("backends", nargs="+", metavar="HOST:PORT")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.port, [_parse_backend(b) for b in args.backends]))
+        asyncio.run(_serve(args.port, [_parse_backend(b) for b in args.backends], http=args.http,
+                           refuse_upgrades=args.refuse_upgrades))
 
 
 if __name__ == "__main__":

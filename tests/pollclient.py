@@ -113,6 +113,10 @@ class PollClient:
         self.connection.abandon()
 
     async def close(self) -> None:
-        """Stop, telling the server (a goodbye beacon)."""
+        """Stop, telling the server (a goodbye beacon with this client's presence removal)."""
         if self.connection is not None:
+            if self.clock:
+                self.clock += 1
+                entry = AwarenessEntry(self.client_id, self.clock, "null")
+                self.send(protocol.encode_awareness(protocol.encode_awareness_payload([entry])))
             self.connection.close()

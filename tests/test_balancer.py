@@ -66,3 +66,25 @@ async def test_cut_closes_open_connections_of_a_backend() -> None:
         balancer.remove(a, cut=True)
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
+
+
+async def test_http_mode_sends_every_request_to_the_next_backend_and_can_refuse_upgrades(
+        server_factory) -> None:  # type: ignore[no-untyped-def]
+    from collab.loadtest.http import HttpClient
+
+    first, second = server_factory("memory://"), server_factory("memory://")
+    backends = [("127.0.0.1", first.port), ("127.0.0.1", second.port)]
+    async with Balancer(backends, http=True, refuse_upgrades=True) as balancer:
+        client = HttpClient("127.0.0.1", balancer.port, timeout=10)  # keep-alive on its side
+        for _ in range(4):
+            response = await client.post("/poll/doc?client=abcdefgh", b"")
+            assert response.status == 200 and response.headers["connection"] == "close"
+        instances = [backend for _method, _target, backend in balancer.requests]
+        assert instances == [backends[0], backends[1], backends[0], backends[1]]
+        client.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", balancer.port)
+        writer.write(b"GET /ws/doc HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 403")
+        writer.close()
+        assert balancer.requests[-1] == ("GET", "/ws/doc", None)

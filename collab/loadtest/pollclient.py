@@ -176,18 +176,19 @@ class PollConnection:
         self._finish(1006, "abandoned")
 
     def close(self, code: int = 1000) -> None:
-        """Stop polling; the server is told the client left (its presence goes at once)."""
+        """Stop polling; the server is told the client left (its presence goes at once), with
+        whatever is still queued (a presence removal, say)."""
         if self._closed:
             return
-        bye = asyncio.get_running_loop().create_task(self._goodbye())
+        bye = asyncio.get_running_loop().create_task(self._goodbye(encode_body(self._outbox)))
         _background.add(bye)
         bye.add_done_callback(_background.discard)
         self._finish(code, "")
 
-    async def _goodbye(self) -> None:
+    async def _goodbye(self, body: bytes) -> None:
         client = HttpClient(self.http.host, self.http.port, timeout=5.0)
         with contextlib.suppress(HttpError):
-            await client.post(self._target(bye="1"))
+            await client.post(self._target(bye="1"), body)
         client.close()
 
 

@@ -8,8 +8,10 @@ import { Awareness } from 'y-protocols/awareness'
 import { IndexeddbPersistence } from 'y-indexeddb'
 
 import { SyncProvider, WebSocketTransport } from './provider.js'
+import { PollTransport } from './poll.js'
+import { TransportPolicy, forcedTransport, probeWebSocket } from './transports.js'
 import { Confirmations } from './confirm.js'
-import { socketUrl } from './urls.js'
+import { socketUrl, pollUrl } from './urls.js'
 import { readTextFile } from './files.js'
 import { documentNameForFile, titleForFile } from './names.js'
 
@@ -28,8 +30,13 @@ const loaded = (persistence) => Promise.race([
   new Promise(resolve => setTimeout(resolve, IDB_TIMEOUT_MS))
 ])
 
-/** The WebSocket transport; the seam where another transport (HTTP fallback) plugs in. */
-export const defaultTransport = (room) => new WebSocketTransport(socketUrl(room))
+/** WebSockets, or the HTTP fallback where they cannot pass (transports.js decides). */
+export const defaultTransports = () => new TransportPolicy({
+  socket: (room) => new WebSocketTransport(socketUrl(room)),
+  poll: (room) => new PollTransport(pollUrl(room)),
+  probe: (room) => probeWebSocket(socketUrl(room)),
+  forced: forcedTransport()
+})
 
 /** Number of edits of `room` that this browser holds and the server has not confirmed. */
 export const unsavedCount = (room) => Number(localStorage.getItem(`collab:unsaved:${room}`) || '0')
@@ -40,14 +47,15 @@ export class DocumentSession {
    * @param {{presence?: boolean, makeTransport?: (room: string) => any}} options
    *   presence: false for a session nobody sees (no awareness state is announced)
    */
-  constructor (room, { presence = true, makeTransport = defaultTransport } = {}) {
+  constructor (room, { presence = true, makeTransport = null } = {}) {
     this.room = room
     this.doc = new Y.Doc()
     this.text = this.doc.getText(TEXT_FIELD)
     this.title = this.doc.getText(TITLE_FIELD)
     this.awareness = new Awareness(this.doc)
     if (!presence) this.awareness.setLocalState(null)
-    this.makeTransport = makeTransport
+    this.transports = makeTransport === null ? defaultTransports() : null
+    this.makeTransport = makeTransport || this.transports.make
     this.local = new IndexeddbPersistence(localName(room), this.doc)
     this.provider = null
     this.confirmations = new Confirmations(this.doc, room,
@@ -62,6 +70,7 @@ export class DocumentSession {
 
   connect () {
     this.provider = new SyncProvider(this.doc, this.awareness, this.makeTransport, this.room)
+    if (this.transports) this.transports.attach(this.provider)
     this.confirmations.attach(this.provider)
     this.provider.connect()
     return this.provider
@@ -111,6 +120,7 @@ export class DocumentSession {
    * document is next opened. */
   close () {
     this.confirmations.stash()
+    if (this.transports) this.transports.stop()
     if (this.provider) this.provider.destroy()
     this.local.destroy()
   }

@@ -55,8 +55,9 @@ const renderConnection = (status) => {
   const node = $('connection')
   const label = node.querySelector('.label')
   node.dataset.state = status.state
+  node.dataset.transport = status.transport || ''
   $('retry').hidden = status.state !== 'waiting'
-  if (status.state === 'connected') label.textContent = 'Connected'
+  if (status.state === 'connected') label.textContent = status.transport === 'poll' ? 'Connected (HTTP fallback)' : 'Connected'
   else if (status.state === 'connecting') label.textContent = 'Connecting…'
   else if (status.state === 'offline') label.textContent = 'Offline — edits are kept'
   else if (status.state === 'waiting') {

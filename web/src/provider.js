@@ -1,6 +1,8 @@
 // A Yjs provider speaking the stock y-websocket wire protocol (y-protocols sync + awareness),
 // written so that the transport is replaceable: anything with connect()/send()/close() and the
-// four callbacks below can carry the same messages (a long-polling transport later).
+// callbacks below carries the same messages: the WebSocket here, the HTTP fallback in poll.js
+// (which also asks the provider for its state vector on every poll, and reports each answer as
+// a sign of life, since an idle poll carries no message).
 //
 // It differs from the stock WebsocketProvider in what the page needs around it: exponential
 // backoff with full jitter capped near 10 s, an immediate retry on `online` and when the tab
@@ -36,6 +38,7 @@ export const backoffDelay = (attempt, random = Math.random) => {
 export class WebSocketTransport {
   /** @param {string} url */
   constructor (url) {
+    this.kind = 'websocket'
     this.url = url
     this.ws = null
   }
@@ -72,7 +75,8 @@ export class WebSocketTransport {
 
 /**
  * Events (via on(name, fn)):
- *  - 'status'  {state: 'connecting'|'connected'|'waiting'|'offline', retryAt?: number}
+ *  - 'status'  {state: 'connecting'|'connected'|'waiting'|'offline', retryAt?: number,
+ *               transport: 'websocket'|'poll' (the kind of the connection in use or being made)}
  *  - 'synced'  the first handshake on this connection finished (server's step 2 applied)
  *  - 'server-sync' {kind: 'step1'|'step2'|'update', payload: Uint8Array} every sync message in
  *  - 'sent'    {kind: 'step2'|'update', payload: Uint8Array} every sync message out
@@ -98,6 +102,8 @@ export class SyncProvider {
     this.openTimer = null
     this.silenceTimer = null
     this.state = 'idle'
+    this.lastKind = null
+    this.hiddenState = null
     this.retryAt = 0
     this.shouldConnect = false
     this.listeners = new Map()
@@ -123,8 +129,25 @@ export class SyncProvider {
     }
     doc.on('update', this._onDocUpdate)
     awareness.on('update', this._onAwarenessUpdate)
+    this._onPageHide = () => {
+      // The page goes: the others should see us leave now, not after a timeout. Without a
+      // connection of its own, the transport needs to be told (the fallback sends a beacon).
+      this.hiddenState = this.awareness.getLocalState()
+      if (this.hiddenState !== null) {
+        awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], 'page hidden')
+      }
+      if (this.transport && this.transport.goodbye) this.transport.goodbye()
+    }
+    this._onPageShow = (event) => {
+      // Back from the back/forward cache: be seen again.
+      if (event.persisted && this.hiddenState && this.awareness.getLocalState() === null) {
+        this.awareness.setLocalState(this.hiddenState)
+      }
+    }
     window.addEventListener('online', this.retryNow)
     window.addEventListener('offline', this._onOffline)
+    window.addEventListener('pagehide', this._onPageHide)
+    window.addEventListener('pageshow', this._onPageShow)
     document.addEventListener('visibilitychange', this._onVisible)
   }
 
@@ -154,14 +177,26 @@ export class SyncProvider {
     this.awareness.off('update', this._onAwarenessUpdate)
     window.removeEventListener('online', this.retryNow)
     window.removeEventListener('offline', this._onOffline)
+    window.removeEventListener('pagehide', this._onPageHide)
+    window.removeEventListener('pageshow', this._onPageShow)
     document.removeEventListener('visibilitychange', this._onVisible)
   }
 
   /** What the page should show: 'offline' wins over everything but a live connection. */
   get status () {
-    if (this.connected) return { state: 'connected' }
-    if (typeof navigator !== 'undefined' && navigator.onLine === false) return { state: 'offline' }
-    return { state: this.state, retryAt: this.retryAt }
+    const transport = this.transport ? this.transport.kind : this.lastKind
+    if (this.connected) return { state: 'connected', transport }
+    if (typeof navigator !== 'undefined' && navigator.onLine === false) return { state: 'offline', transport }
+    return { state: this.state, retryAt: this.retryAt, transport }
+  }
+
+  /** Leave the connection in use for a new one at once (the transport policy found a better
+   * way through): the new one syncs both ways, so nothing is lost or doubled. */
+  reconnect () {
+    const transport = this.transport
+    if (!transport) return this.retryNow()
+    transport.close()
+    this._onClose(transport, { code: 1000, reason: 'changing transport', now: true })
   }
 
   _setStatus (state) {
@@ -174,13 +209,16 @@ export class SyncProvider {
     this.retryTimer = null
     const transport = this.makeTransport(this.room)
     this.transport = transport
+    this.lastKind = transport.kind
     this._setStatus('connecting')
     this.openTimer = setTimeout(() => this._drop(transport, 'no answer from the server'), OPEN_TIMEOUT_MS)
     transport.connect({
       onOpen: () => this._onOpen(transport),
       onMessage: (data) => this._onMessage(transport, data),
       onClose: (info) => this._onClose(transport, info),
-      onError: () => {}
+      onError: () => {},
+      stateVector: () => Y.encodeStateVector(this.doc),
+      onAlive: () => { if (transport === this.transport) this._touch() }
     })
   }
 
@@ -219,7 +257,7 @@ export class SyncProvider {
       return
     }
     // 1012 = the server is restarting: another instance is likely ready, try at once-ish.
-    const delay = info.code === 1012 ? Math.round(backoffDelay(0) / 2) : backoffDelay(this.attempt)
+    const delay = info.now ? 0 : info.code === 1012 ? Math.round(backoffDelay(0) / 2) : backoffDelay(this.attempt)
     this.attempt += 1
     this.retryAt = Date.now() + delay
     this.retryTimer = setTimeout(() => this._connect(), delay)

@@ -31,6 +31,13 @@ export const socketUrl = (room, base = document.baseURI) => {
   return url.href
 }
 
+/** The HTTP fallback of a room (the same messages as the WebSocket, over plain requests). */
+export const pollUrl = (room, base = document.baseURI) => {
+  const url = resolve(`poll/${room}`, base)
+  url.search = 'acks=1'
+  return url.href
+}
+
 /** An HTTP API path such as "api/docs". */
 export const apiUrl = (path, base = document.baseURI) => resolve(path, base).href
 
