@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -44,6 +45,33 @@ def test_fanout_report_adds_up(server: ServerProcess) -> None:
     assert 0 < report["acks_received"] <= edits  # durable acks: seen, never counted as deliveries
 
 
+@pytest.mark.parametrize("url", ["ws", "http"])
+def test_fanout_over_the_http_fallback_adds_up(server: ServerProcess, url: str) -> None:
+    rooms, clients, rate, duration = 3, 4, 20, 2
+    base = server.ws_url if url == "ws" else server.http_url + "/poll"
+    result = loadtest(base, "--transport", "poll", "--rooms", str(rooms), "--clients", str(clients),
+                      "--rate", str(rate), "--duration", str(duration), "--json", "--seed", "3", "--acks")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    edits = report["edits_sent"]
+    assert report["transport"] == "poll"
+    assert abs(edits - rooms * rate * duration) <= rooms * 2
+    assert report["updates_delivered"] == edits * (clients - 1)
+    assert report["lost_deliveries"] == 0 and report["connection_errors"] == 0
+    assert report["converged"] is True and report["rooms_converged"] == rooms
+    assert 0 < report["acks_received"] <= edits
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        polls = json.load(response)["poll"]
+    assert polls["polls"] >= rooms * clients and polls["sends"] >= 1  # it really used the fallback
+
+
+def test_transport_options_are_checked(server: ServerProcess) -> None:
+    wrong = loadtest(server.http_url + "/poll", "--duration", "1")
+    assert wrong.returncode == 2 and "--transport poll" in wrong.stderr
+    deflate = loadtest(server.ws_url, "--transport", "poll", "--deflate", "--duration", "1")
+    assert deflate.returncode == 2 and "--deflate" in deflate.stderr
+
+
 def test_table_output_and_full_replicas(memory_server: ServerProcess) -> None:
     result = loadtest(memory_server.ws_url, "--rooms", "2", "--clients", "3", "--rate", "10",
                       "--duration", "1", "--replica", "full")
@@ -73,7 +101,8 @@ def test_ramp_stops_and_reports_a_held_rate(memory_server: ServerProcess) -> Non
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["http://127.0.0.1:1/ws"], "expected a ws://HOST:PORT/PATH URL"),
+    (["ftp://127.0.0.1:1/ws"], "expected a ws://HOST:PORT/PATH URL"),
+    (["http://127.0.0.1:1/ws"], "an http:// URL is for --transport poll"),
     (["ws://127.0.0.1:1/ws", "--rooms", "0"], "must be at least 1"),
     (["ws://127.0.0.1:1/ws", "--rate", "fast"], "expected a number"),
     (["ws://127.0.0.1:1/ws", "--clients", "2", "--writers", "3"], "must not exceed --clients"),

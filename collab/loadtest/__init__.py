@@ -16,16 +16,18 @@ from urllib.parse import urlsplit
 
 from collab.config import argument_type, non_negative_int, positive_float, positive_int
 from collab.loadtest import report, scenarios
-from collab.loadtest.engine import Options
+from collab.loadtest.engine import TRANSPORTS, Options
 from collab.loadtest.scenarios import Load
 
 __all__ = ["add_arguments", "main", "run", "run_async"]
 
 
-def _ws_url(value: str) -> str:
+def _server_url(value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme != "ws" or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"expected a ws://HOST:PORT/PATH URL, got {value!r}")
+    if parts.scheme not in ("ws", "http") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"expected a ws://HOST:PORT/PATH URL (or http://HOST:PORT/poll with --transport poll), "
+            f"got {value!r}")
     return value
 
 
@@ -36,8 +38,12 @@ _positive_float = argument_type(positive_float)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``collab loadtest`` options."""
-    parser.add_argument("url", type=_ws_url, metavar="URL",
-                        help="server base URL, e.g. ws://127.0.0.1:8080/ws (room names are appended)")
+    parser.add_argument("url", type=_server_url, metavar="URL",
+                        help="server base URL, e.g. ws://127.0.0.1:8080/ws (room names are appended); "
+                             "with --transport poll, http://HOST:PORT/poll or the same ws:// URL")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="websocket",
+                        help="websocket (default), or poll: collab's HTTP fallback, the same messages "
+                             "over plain requests")
     parser.add_argument("--rooms", type=_positive_int, default=10, help="rooms (default 10)")
     parser.add_argument("--clients", type=_positive_int, default=5, help="clients per room (default 5)")
     parser.add_argument("--writers", type=_count, default=1, help="typing clients per room (default 1)")
@@ -71,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> str | None:
+    if urlsplit(args.url).scheme == "http" and args.transport != "poll":
+        return "an http:// URL is for --transport poll; WebSockets need ws://HOST:PORT/ws"
+    if args.transport == "poll" and args.deflate:
+        return "--deflate is a WebSocket extension; it does not apply to --transport poll"
     if args.writers > args.clients:
         return f"--writers ({args.writers}) must not exceed --clients ({args.clients})"
     if args.join_storm is None and args.writers < 1:
@@ -82,7 +92,7 @@ def _validate(args: argparse.Namespace) -> str | None:
 
 def run_async(args: argparse.Namespace) -> Coroutine[Any, Any, dict[str, object]]:
     opts = Options(args.url, acks=args.acks, deflate=args.deflate, replica=args.replica,
-                   connect_timeout=args.connect_timeout)
+                   connect_timeout=args.connect_timeout, transport=args.transport)
     load = Load(args.rooms, args.clients, args.writers, args.rate, args.duration,
                 drain_timeout=args.drain_timeout, seed=args.seed)
     progress = not args.no_progress and not args.json

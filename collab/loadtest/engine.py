@@ -1,5 +1,9 @@
 """The load itself: y-websocket clients, writers typing on a schedule, latency bookkeeping.
 
+A client reaches the server over a WebSocket or, with ``transport="poll"``, over collab's HTTP
+fallback (:mod:`collab.loadtest.pollclient`, which has the same interface), so the same load
+measures either.
+
 Receivers do no CRDT work on the hot path. Every edit inserts a marker ``[writer:seq]``; Yjs
 carries inserted text verbatim inside the update, so a receiver finds the markers in the raw
 update bytes, looks up the send time and counts the delivery. The updates themselves are kept
@@ -17,10 +21,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from collab import crdt, protocol
+from collab.loadtest import pollclient, wsclient
 from collab.loadtest.stats import Window
-from collab.loadtest.wsclient import WebSocket, connect
 
 MARKER = re.compile(rb"\[(\d{1,9}):(\d{1,12})\]")
 EMPTY_STATE_VECTOR = b"\x00"
@@ -33,6 +39,31 @@ _STEP2 = bytes([protocol.MSG_SYNC, protocol.SYNC_STEP2])
 _STEP1 = bytes([protocol.MSG_SYNC, protocol.SYNC_STEP1])
 
 
+TRANSPORTS = ("websocket", "poll")
+
+
+class Connection(Protocol):
+    """What a client needs of its connection: a WebSocket or the HTTP fallback."""
+
+    on_message: Callable[[bytes, float], None]
+    on_close: Callable[[int, str], None]
+
+    def send(self, data: bytes) -> None: ...
+
+    def close(self, code: int = 1000) -> None: ...
+
+
+def poll_url(url: str) -> str:
+    """The HTTP fallback's base URL for a WebSocket base URL: ``ws://h:p/ws`` becomes
+    ``http://h:p/poll`` (an http(s) URL is taken as it is)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        return url
+    path = parts.path.rstrip("/")
+    path = path[:-3] + "/poll" if path.endswith("/ws") else path + "/poll"
+    return urlunsplit(("https" if parts.scheme == "wss" else "http", parts.netloc, path, "", ""))
+
+
 @dataclass(slots=True)
 class Options:
     url: str
@@ -42,6 +73,8 @@ class Options:
     replica: str = "lazy"
     connect_timeout: float = 10.0
     connect_concurrency: int = 64
+    transport: str = "websocket"
+    """``websocket``, or ``poll`` for collab's HTTP fallback."""
 
 
 @dataclass(slots=True)
@@ -67,7 +100,8 @@ class Run:
         return len(self.sent_at) - 1
 
     def room_url(self, room: str) -> str:
-        url = self.options.url.rstrip("/") + "/" + room
+        base = poll_url(self.options.url) if self.options.transport == "poll" else self.options.url
+        url = base.rstrip("/") + "/" + room
         return url + "?acks=1" if self.options.acks else url
 
     def lost_connection(self, code: int, reason: str) -> None:
@@ -83,7 +117,7 @@ class Client:
         self.run = run
         self.room = room
         self.writer_id = run.new_writer() if writer else -1
-        self.ws: WebSocket | None = None
+        self.ws: Connection | None = None
         self.alive = False
         self.closing = False
         self.synced: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -98,8 +132,13 @@ class Client:
         self.cursor = 0
 
     async def open(self) -> None:
-        self.ws = await connect(self.run.room_url(self.room.name), deflate=self.run.options.deflate,
-                                timeout=self.run.options.connect_timeout)
+        url = self.run.room_url(self.room.name)
+        if self.run.options.transport == "poll":
+            self.ws = pollclient.PollConnection(
+                url, state_vector=self.doc.state_vector if self.doc is not None else None)
+        else:
+            self.ws = await wsclient.connect(url, deflate=self.run.options.deflate,
+                                             timeout=self.run.options.connect_timeout)
         self.ws.on_message = self.on_message
         self.ws.on_close = self._on_close
         self.alive = True

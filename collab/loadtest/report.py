@@ -42,6 +42,8 @@ def _fanout_rows(r: dict[str, object]) -> list[tuple[str, object]]:
 def render(r: dict[str, object]) -> str:
     scenario = r.get("scenario")
     head = f"{scenario} against {r.get('url')}"
+    if r.get("transport", "websocket") != "websocket":
+        head += f" over {r['transport']}"
     if scenario == "fanout":
         head += (f": {r['rooms']} rooms x {r['clients']} clients, {r['writers']} writer(s)/room"
                  f" at {r['rate']} edits/s for {r['duration']} s")

@@ -86,7 +86,8 @@ async def _measure(run: Run, writers: list[Client], rate: float, load: Load, rng
 
 def _base(load: Load, opts: Options) -> dict[str, object]:
     return {"url": opts.url, "rooms": load.rooms, "clients": load.clients, "writers": load.writers,
-            "rate": load.rate, "duration": load.duration, "replica": opts.replica, "deflate": opts.deflate}
+            "rate": load.rate, "duration": load.duration, "replica": opts.replica, "deflate": opts.deflate,
+            "transport": opts.transport}
 
 
 async def fanout(opts: Options, load: Load, *, progress: bool = True) -> dict[str, object]:
