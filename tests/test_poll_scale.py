@@ -92,7 +92,8 @@ async def test_an_idle_poller_without_affinity_is_answered_nothing_new(
     room = f"poll-idle-{secrets.token_hex(4)}"
     writer = await PyClient(instances[0].ws_url, room).start()
     await writer.insert("x" * 2000)
-    await writer.wait_for(lambda: any(isinstance(m, protocol.SyncUpdate) for m in writer.received), 10)
+    await writer.wait_for(lambda: any(isinstance(m, protocol.SyncUpdate) and b"xxxx" in m.update
+                                      for m in writer.received), 10)  # stored: every instance loads it
     poller = await PollClient(balancer.http_url + "/poll", room).start()
     await poller.wait_text("x" * 2000)
     await poller.wait_for(lambda: poller.acks >= 1, 10)  # its step 2 (nothing new) was stored
