@@ -41,10 +41,12 @@ def report(*args: str) -> dict[str, object]:
     return dict(json.loads(done.stdout))
 
 
-def test_fanout_counts_every_delivery_and_the_servers_cpu(server: ServerProcess) -> None:
+@pytest.mark.parametrize("socket", ["lean", "ws"])
+def test_fanout_counts_every_delivery_and_the_servers_cpu(server: ServerProcess, socket: str) -> None:
     assert server.process is not None
     r = report("fanout", "--url", server.ws_url, "--rooms", "2", "--clients", "3", "--rate", "20",
-               "--duration", "1", "--warmup", "0.2", "--server-pid", str(server.process.pid))
+               "--duration", "1", "--warmup", "0.2", "--server-pid", str(server.process.pid),
+               "--socket", socket)
     assert r["edits_sent"] >= 20
     assert r["deliveries_expected"] == 2 * r["edits_sent"]  # two receivers per writer
     assert r["deliveries"] == r["deliveries_expected"] and r["lost"] == 0
@@ -64,6 +66,12 @@ def test_presence_moves_reach_every_other_client(server: ServerProcess) -> None:
     assert r["stale_presence"] == 0 and r["converged"] is True
 
 
+def test_a_large_document_arrives_whole_in_a_join_storm(server: ServerProcess) -> None:
+    # 150,000 characters: a frame with a 64-bit length that spans many reads
+    r = report("join", "--url", server.ws_url, "--clients", "4", "--size", "150000")
+    assert r["ok"] is True and r["storms"][0]["document_lengths"] == [150000]  # type: ignore[index]
+
+
 def test_full_replicas_converge_too(server: ServerProcess) -> None:
     r = report("fanout", "--url", server.ws_url, "--rooms", "1", "--clients", "3", "--writers", "2",
                "--rate", "10", "--duration", "1", "--warmup", "0", "--replica", "full")
@@ -75,6 +83,8 @@ def test_bad_options_get_a_clear_error() -> None:
     assert done.returncode == 2 and "--url expects ws://" in done.stderr
     done = loadgen("nosuch", "--url", "ws://127.0.0.1:1/")
     assert done.returncode == 2 and "expected a scenario" in done.stderr
+    done = loadgen("fanout", "--url", "ws://127.0.0.1:1/", "--socket", "tcp")
+    assert done.returncode == 2 and "--socket is lean" in done.stderr
 
 
 def test_harness_runs_a_short_scenario_and_writes_a_report(tmp_path: Path) -> None:

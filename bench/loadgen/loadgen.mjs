@@ -34,6 +34,7 @@ const OPTIONS = {
   'connect-concurrency': { type: 'string', default: '64' },
   replica: { type: 'string', default: 'lazy' },
   deflate: { type: 'boolean', default: false },
+  socket: { type: 'string', default: 'lean' },
   seed: { type: 'string', default: '1' },
   factor: { type: 'string', default: '1.3' },
   steps: { type: 'string', default: '12' },
@@ -78,6 +79,7 @@ const main = async () => {
   if (!scenario) fail(`expected a scenario (${Object.keys(SCENARIOS).join(', ')}), got ${JSON.stringify(positionals[0])}`)
   if (!values.url || !/^wss?:\/\/[^/]+/.test(values.url)) fail(`--url expects ws://HOST:PORT/PATH, got ${JSON.stringify(values.url)}`)
   if (!['lazy', 'full'].includes(values.replica)) fail('--replica is lazy or full')
+  if (!['lean', 'ws'].includes(values.socket)) fail('--socket is lean (the default) or ws')
   const opts = {
     url: values.url,
     query: values.query,
@@ -92,6 +94,7 @@ const main = async () => {
     connectConcurrency: number(values, 'connect-concurrency', { integer: true, min: 1 }),
     replica: values.replica,
     deflate: values.deflate,
+    socket: values.socket,
     seed: number(values, 'seed', { integer: true }),
     factor: number(values, 'factor', { min: 1.001 }),
     steps: number(values, 'steps', { integer: true, min: 1 }),

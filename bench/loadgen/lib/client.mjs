@@ -12,6 +12,7 @@ import * as Y from 'yjs'
 import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
 import * as awarenessProtocol from 'y-protocols/awareness'
+import { LeanSocket } from './socket.mjs'
 import { Window } from './stats.mjs'
 
 export const MSG_SYNC = 0
@@ -44,8 +45,8 @@ const awarenessMessage = (awareness, clients) => {
 
 /** Shared state of one generator process: send times, the current window, connection errors. */
 export class Run {
-  constructor ({ url, replica = 'lazy', deflate = false, connectTimeout = 10, query = '' }) {
-    Object.assign(this, { url, replica, deflate, connectTimeout, query })
+  constructor ({ url, replica = 'lazy', deflate = false, connectTimeout = 10, query = '', socket = 'lean' }) {
+    Object.assign(this, { url, replica, deflate, connectTimeout, query, socket })
     this.sentAt = [] // per writer: send time (ms) of each seq
     this.presenceSentAt = new Map() // awareness client id -> send time (ms) of each clock
     this.window = new Window()
@@ -127,25 +128,35 @@ export class Client {
   open () {
     const run = this.run
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(run.roomUrl(this.room.name), {
-        perMessageDeflate: run.deflate, handshakeTimeout: run.connectTimeout * 1000
-      })
-      this.ws = ws
-      ws.binaryType = 'nodebuffer'
-      ws.on('open', () => {
+      const url = run.roomUrl(this.room.name)
+      const opened = () => {
         this.alive = true
         const sv = this.doc ? Y.encodeStateVector(this.doc) : new Uint8Array([0])
-        ws.send(syncMessage(STEP1, sv))
+        this.ws.send(syncMessage(STEP1, sv))
         if (this.awareness && this.awareness.getLocalState() !== null) {
-          ws.send(awarenessMessage(this.awareness, [this.doc.clientID]))
+          this.ws.send(awarenessMessage(this.awareness, [this.doc.clientID]))
         }
         resolve()
-      })
-      ws.on('message', (data) => this.onMessage(data))
-      ws.on('close', (code, reason) => this.onClose(code, reason.toString()))
-      ws.on('error', (err) => {
+      }
+      const failed = (err) => {
         if (!this.alive) reject(err)
-      })
+      }
+      if (run.socket === 'ws' || run.deflate) {
+        const ws = new WebSocket(url, { perMessageDeflate: run.deflate, handshakeTimeout: run.connectTimeout * 1000 })
+        ws.binaryType = 'nodebuffer'
+        ws.on('open', opened)
+        ws.on('message', (data) => this.onMessage(data))
+        ws.on('close', (code, reason) => this.onClose(code, reason.toString()))
+        ws.on('error', failed)
+        this.ws = ws
+      } else {
+        const socket = new LeanSocket(url, { handshakeTimeout: run.connectTimeout * 1000 })
+        socket.onopen = opened
+        socket.onmessage = (data) => this.onMessage(data)
+        socket.onclose = (code, reason) => this.onClose(code, reason)
+        socket.onerror = failed
+        this.ws = socket
+      }
     })
   }
 
