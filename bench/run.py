@@ -646,7 +646,7 @@ in `bench/loadgen/package-lock.json`) runs every client in one Node.js process, 
 y-websocket protocol through `y-protocols` over a lean WebSocket client of its own (frames parsed
 straight from a reused read buffer of Node's `net`; `--socket ws` uses the `ws` package instead,
 as it always does with compression; the lean client costs the generator about a quarter less
-CPU per message: 8.5–9.5 against 11.2–12.3 µs, three runs each at 30,000 messages/s against the
+CPU per message: 8.5 to 9.5 against 11.2 to 12.3 µs, three runs each at 30,000 messages/s against the
 reference server on the busy machine). Writers keep a real `Y.Doc` and type
 into its `Y.Text` at a moving cursor (now and then a jump, sometimes a backspace), so every edit
 is a genuine Yjs update. Every edit inserts a marker `[writer:seq]`; receivers find the markers
