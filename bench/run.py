@@ -208,6 +208,11 @@ def ramp(running: Running, p: Profile) -> dict[str, Any]:
                       factor=p.ramp_factor, duration=p.ramp_step, steps=p.ramp_steps, refine=p.ramp_refine,
                       warmup=p.warmup, drain_timeout=3)
     result["generator_bound"] = result["limited_by"] == "generator"
+    if not result["held_edit_rate"] and result["steps"]:
+        # not even the first step held: its rate is an upper bound, not a capacity of 0
+        result["held_below"] = result["steps"][0]["edit_rate"]
+        for key in ("held_edit_rate", "held_delivery_rate", "held_message_rate"):
+            result[key] = None
     return result
 
 
@@ -438,8 +443,11 @@ def cell(rows: list[dict[str, Any]], metric: Metric) -> str:
     value = median(rows, metric.get)
     text = fmt(value)
     if value is None:
-        return text
-    if metric.bound_applies and any(r.get("generator_bound") for r in rows):
+        below = median(rows, lambda r: r.get("held_below")) if metric.unit == "edits/s" else None
+        if below is None:
+            return text
+        text = f"< {fmt(below)} (the first step failed)"
+    elif metric.bound_applies and any(r.get("generator_bound") for r in rows):
         text = ("≥ " if metric.higher_is_better else "") + text + " †"
     if any(contended(r) for r in rows):
         text += " ‡"

@@ -357,6 +357,7 @@ export class Client {
       this.run.presenceSentAt.set(this.doc.clientID, times)
     }
     times[clock] = performance.now()
+    this.lastMoveClock = clock
     const anchor = Math.floor(rng() * 10000)
     this.awareness.setLocalStateField('cursor', { anchor, head: anchor + Math.floor(rng() * 20) })
   }

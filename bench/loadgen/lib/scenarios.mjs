@@ -345,14 +345,14 @@ export const presence = async (opts) => {
   const sent = (now() - start) / 1000
   await drain(run, opts.drainTimeout)
   const machine = meter.stop()
-  // every client must end up with every other client's last cursor
+  // every client must end up with every other client's last cursor (the awareness renewal that
+  // y-protocols sends after 15 s without a change may still be on its way: it is not a move)
   let stale = 0
   for (const client of movers) {
     if (!client.alive) continue
     for (const other of movers) {
-      if (other === client || !other.alive) continue
-      const clock = other.awareness.meta.get(other.doc.clientID).clock
-      if ((client.presenceSeen.get(other.doc.clientID) ?? -1) < clock) stale += 1
+      if (other === client || !other.alive || other.lastMoveClock === undefined) continue
+      if ((client.presenceSeen.get(other.doc.clientID) ?? -1) < other.lastMoveClock) stale += 1
     }
   }
   closeAll([room])
