@@ -39,6 +39,8 @@ RULES: list[tuple[str, re.Pattern[str]]] = [
     ("socket reads (recv/read system calls)", re.compile(r"^(__libc_recv|recv|__recv|read|__libc_read|__read)"
                                                           r" \(libc")),
     ("store: SQLite group commit", re.compile(r"sqlite3|collab/store/")),
+    ("update gate (collab/gate.py: checking each update before the engine sees it)",
+     re.compile(r"collab/gate\.py")),
     ("CRDT engine (pycrdt / Yrs)", re.compile(r"pycrdt|collab/crdt\.py|_pycrdt")),
     ("WebSocket frames (websockets sans-I/O: parse, mask, serialize)", re.compile(r"\(websockets/")),
     ("uvicorn's per-message path (ASGI receive/send events, queue, task wake-ups)",
