@@ -22,7 +22,7 @@ const VIEW_KEY = 'collab:view'
 const SOURCE_KEY = 'collab:source-view'
 const NARROW = '(max-width: 720px)'
 const COMPACT = '(max-width: 1080px)'
-const COUNT_DELAY_MS = 250
+const COUNT_DELAY_MS = 120
 
 const loadIdentity = () => {
   let name = localStorage.getItem(NAME_KEY)
