@@ -2,6 +2,7 @@
 
     python bench/profile.py                     # 2,000 edits/s, 50 rooms x 5 clients, 15 s sampled
     python bench/profile.py --rate 500 --seconds 30
+    python bench/profile.py --load presence     # 200 clients moving their cursors twice a second
     python bench/profile.py --summarize bench/results/profile-....txt
 
 collab serve (SQLite store, default settings) runs pinned to CPU 0, the Node.js load generator
@@ -132,7 +133,12 @@ def summarize(raw: Path, top: int = 15) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=2000, help="edits per second in all (default 2000)")
+    parser.add_argument("--load", choices=["fixed", "presence"], default="fixed",
+                        help="the fixed load (default) or the presence storm")
+    parser.add_argument("--rate", type=float,
+                        help="edits per second in all (default 2000); with --load presence, cursor "
+                             "moves per second per client (default 2)")
+    parser.add_argument("--presence-clients", type=int, default=200)
     parser.add_argument("--rooms", type=int, default=50)
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=15, help="seconds sampled (default 15)")
@@ -155,11 +161,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="collab-profile-") as tmp:
         running = Running(SERVERS["collab"], Path(tmp), results / "collab.log").start()
         try:
-            generator = ["taskset", "-c", str(LOAD_CPU), "node", str(LOADGEN), "fanout", "--url", running.url,
-                         "--rooms", str(args.rooms), "--clients", str(args.clients),
-                         "--rate", str(args.rate / args.rooms), "--warmup", str(warmup),
+            generator = ["taskset", "-c", str(LOAD_CPU), "node", str(LOADGEN), "--url", running.url,
                          "--duration", str(args.seconds + 2), "--server-pid", str(running.pid),
                          "--clock-ticks", str(os.sysconf("SC_CLK_TCK"))]
+            if args.load == "presence":
+                generator[5:5] = ["presence", "--clients", str(args.presence_clients),
+                                  "--rate", str(args.rate or 2.0)]
+                warmup = 3.0  # connecting 200 clients; the presence window starts after them
+            else:
+                per_writer = (args.rate or 2000.0) / args.rooms
+                generator[5:5] = ["fanout", "--rooms", str(args.rooms), "--clients", str(args.clients),
+                                  "--rate", str(per_writer), "--warmup", str(warmup)]
             load = subprocess.Popen(generator, stdout=subprocess.PIPE, text=True)
             time.sleep(warmup + 3)  # connected, warmed up and measuring
             record = ["taskset", "-c", str(LOAD_CPU), py_spy, "record", "-p", str(running.pid), "-r",
@@ -171,9 +183,11 @@ def main() -> int:
         finally:
             running.stop()
     report = json.loads(out.strip().splitlines()[-1])
-    print(f"load: {report['edit_rate']:,.0f} edits/s, {report['delivery_rate']:,.0f} deliveries/s; server "
-          f"{report['server_cpu_percent']} % of a core ({report['server_cpu_us_per_edit']} µs per edit, "
-          f"under the profiler); generator {report['generator_cpu_percent']} %; lost {report['lost']}")
+    what = "moves" if args.load == "presence" else "edits"
+    print(f"load: {report['edit_rate']:,.0f} {what}/s, {report['delivery_rate']:,.0f} deliveries/s; "
+          f"server {report['server_cpu_percent']} % of a core, {report['server_cpu_us_per_message']} µs "
+          f"per message sent (slowed by the profiler); generator {report['generator_cpu_percent']} %; "
+          f"lost {report['lost']}")
     print(f"raw samples: {raw.relative_to(ROOT)}\n")
     print(summarize(raw), end="")
     return 0
