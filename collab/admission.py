@@ -13,12 +13,16 @@ never beside it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 
 from collab import codes
+from collab.codes import Refused
+
+__all__ = ["READ", "WRITE", "Access", "AccessRequest", "Admission", "AdmissionStats",
+           "Authorize", "ConnectionLimits", "OriginPolicy", "Refused", "Slot", "open_access"]
 
 Mode = Literal["read", "write"]
 
@@ -97,18 +101,6 @@ def _cookies(header: str) -> dict[str, str]:
     return {name: morsel.value for name, morsel in cookie.items()}
 
 
-class Refused(Exception):
-    """A request admission turned down: answer ``status`` over HTTP (before a WebSocket
-    upgrade), or close with ``close_code`` where the connection is already open."""
-
-    def __init__(self, outcome: codes.Outcome, reason: str) -> None:
-        super().__init__(reason)
-        assert outcome.http is not None and outcome.close is not None
-        self.status: int = outcome.http
-        self.close_code: int = outcome.close
-        self.reason = reason
-
-
 Authorize = Callable[[AccessRequest], Awaitable["Access | None"]]
 """Decides what a request may do: the :class:`Access` granted, or None to refuse it (403).
 It may raise :class:`Refused` itself for a more precise answer (401 for a missing token)."""
@@ -130,21 +122,160 @@ def check_document_name(name: str) -> None:
         raise Refused(codes.BAD_REQUEST, "the document name contains control characters")
 
 
+@dataclass(slots=True)
+class AdmissionStats:
+    admitted: int = 0
+    refused_bad_request: int = 0
+    refused_unauthorized: int = 0
+    refused_forbidden: int = 0
+    refused_origin: int = 0
+    refused_full: int = 0
+    refused_shutting_down: int = 0
+
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def _split_origin(origin: str) -> tuple[str, str] | None:
+    """(scheme, host[:port]) of an origin, lower-case and without a default port."""
+    scheme, sep, netloc = origin.strip().lower().rstrip("/").partition("://")
+    if not sep or not netloc or "/" in netloc:
+        return None
+    host, colon, port = netloc.rpartition(":")
+    if colon and "]" not in port and port == _DEFAULT_PORTS.get(scheme):
+        netloc = host
+    return scheme, netloc
+
+
+def _host_of(netloc: str) -> str:
+    if netloc.startswith("["):
+        return netloc[:netloc.find("]") + 1]
+    return netloc.rpartition(":")[0] if ":" in netloc else netloc
+
+
+class OriginPolicy:
+    """Which web pages may open a connection (cross-site WebSocket hijacking: a browser sends
+    the user's cookies with a socket any page opens, so the Origin header is the only sign of
+    who asks). A request without an Origin header is not a browser's: it is judged by its
+    token alone. The server's own origin (the Host the request was sent to) is always allowed;
+    ``allowed`` lists the others (``*`` for any, ``null`` for sandboxed pages and files);
+    empty means pages served from loopback, for development."""
+
+    def __init__(self, allowed: tuple[str, ...] = ()) -> None:
+        self.any = "*" in allowed
+        self.loopback = not allowed
+        self.null = "null" in allowed
+        self.origins = {split for o in allowed if (split := _split_origin(o)) is not None}
+
+    def allows(self, origin: str | None, host: str | None) -> bool:
+        if origin is None or self.any:
+            return True
+        if origin.strip().lower() == "null":
+            return self.null
+        split = _split_origin(origin)
+        if split is None:
+            return False
+        scheme, netloc = split
+        if host is not None and split == _split_origin(f"{scheme}://{host}"):
+            return True
+        if self.loopback and _host_of(netloc) in _LOOPBACK_HOSTS:
+            return True
+        return split in self.origins
+
+
+class ConnectionLimits:
+    """Connections held per instance, per document and per client address. A slot is taken
+    when a connection is admitted and given back when it ends (:meth:`Access.release`)."""
+
+    def __init__(self, *, per_instance: int, per_document: int, per_address: int) -> None:
+        self.per_instance = per_instance
+        self.per_document = per_document
+        self.per_address = per_address
+        self.total = 0
+        self.by_document: dict[str, int] = {}
+        self.by_address: dict[str, int] = {}
+
+    def take(self, document: str, address: str | None) -> Slot:
+        if self.total >= self.per_instance:
+            raise Refused(codes.FULL, "the server is full, try again later")
+        if self.by_document.get(document, 0) >= self.per_document:
+            raise Refused(codes.FULL, "the document has as many connections as it may have")
+        if address is not None and self.by_address.get(address, 0) >= self.per_address:
+            raise Refused(codes.FULL, "too many connections from this address")
+        self.total += 1
+        _count(self.by_document, document, 1)
+        if address is not None:
+            _count(self.by_address, address, 1)
+
+        def release() -> None:
+            self.total -= 1
+            _count(self.by_document, document, -1)
+            if address is not None:
+                _count(self.by_address, address, -1)
+
+        return Slot(release)
+
+
+def _count(counts: dict[str, int], key: str, delta: int) -> None:
+    value = counts.get(key, 0) + delta
+    if value:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+
+
+HOLDING_TRANSPORTS = frozenset({"websocket", "poll"})
+"""Transports whose admitted requests hold a connection slot until released."""
+
+
 class Admission:
-    """Admits requests in a fixed order: a valid name, an instance taking clients, then the
-    authorizer's decision."""
+    """Admits requests in a fixed order, cheapest refusal first: a valid name, an instance
+    taking clients, an allowed origin, the authorizer's decision, then a connection slot.
+    The host application's ``authorize`` hook, when there is one, is the authorizer: there is
+    no second path around it."""
 
     def __init__(self, authorize: Authorize = open_access, *,
-                 is_accepting: Callable[[], bool] = lambda: True) -> None:
+                 is_accepting: Callable[[], bool] = lambda: True,
+                 origins: OriginPolicy | None = None,
+                 limits: ConnectionLimits | None = None) -> None:
         self.authorize = authorize
         self.is_accepting = is_accepting
+        self.origins = origins or OriginPolicy(("*",))
+        self.limits = limits
+        self.stats = AdmissionStats()
 
     async def admit(self, request: AccessRequest) -> Access:
-        """The access granted to ``request``; raises :class:`Refused`."""
-        check_document_name(request.document)
+        """The access granted to ``request``; raises :class:`Refused`. For a connection
+        (``websocket``, ``poll``) the access holds a slot its transport must release."""
+        stats = self.stats
+        try:
+            check_document_name(request.document)
+        except Refused:
+            stats.refused_bad_request += 1
+            raise
         if not self.is_accepting():
+            stats.refused_shutting_down += 1
             raise Refused(codes.SERVICE_RESTART, "shutting down")
-        access = await self.authorize(request)
-        if access is None:
-            raise Refused(codes.FORBIDDEN, "access denied")
+        if not self.origins.allows(request.headers.get("origin"), request.headers.get("host")):
+            stats.refused_origin += 1
+            raise Refused(codes.FORBIDDEN, "pages from this origin may not connect")
+        try:
+            access = await self.authorize(request)
+            if access is None:
+                raise Refused(codes.FORBIDDEN, "access denied")
+        except Refused as refused:
+            if refused.status == codes.UNAUTHORIZED.http:
+                stats.refused_unauthorized += 1
+            else:
+                stats.refused_forbidden += 1
+            raise
+        if self.limits is not None and request.transport in HOLDING_TRANSPORTS:
+            address = request.client[0] if request.client else None
+            try:
+                access = replace(access, slot=self.limits.take(request.document, address))
+            except Refused:
+                stats.refused_full += 1
+                raise
+        stats.admitted += 1
         return access

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -16,11 +18,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from collab import __version__, codes
-from collab.admission import Admission
+from collab.admission import Admission, Authorize, ConnectionLimits, OriginPolicy, open_access
 from collab.bus import Bus, open_bus
 from collab.config import Settings, redact_url
+from collab.room import RoomLimits
 from collab.rooms import Rooms
 from collab.store import Store, open_store
+from collab.tokens import TokenAuthorizer
+from collab.transport.guard import RequestGuard
 from collab.transport.poll import PollEndpoint, PollLimits
 from collab.transport.websocket import Limits, WebSocketEndpoint
 
@@ -36,6 +41,15 @@ class AssetFiles(StaticFiles):
         return response
 
 
+METRICS_LISTENER_PATHS = frozenset({"/metrics", "/liveness_check", "/readiness_check"})
+"""All that a separate metrics listener answers."""
+
+
+def on_metrics_listener(settings: Settings, scope: Scope) -> bool:
+    server = scope.get("server")
+    return bool(server and settings.metrics_listen and server[1] == settings.metrics_listen[1])
+
+
 class CollabApp(Starlette):
     """The Starlette app, except that WebSockets under ``/ws`` and the HTTP fallback under
     ``/poll`` go straight to their endpoints: no routing (a room name may hold anything a URL can
@@ -43,7 +57,11 @@ class CollabApp(Starlette):
     alive for the life of every connection."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
+        if scope["type"] in ("http", "websocket") and self.state.collab.on_metrics_listener(scope):
+            if scope["path"] not in METRICS_LISTENER_PATHS:
+                await PlainTextResponse("Not Found\n", status_code=404)(scope, receive, send)
+                return
+        elif scope["type"] == "websocket":
             path = scope["path"]
             if path == "/ws" or path.startswith("/ws/"):
                 await self.state.collab.sockets(scope, receive, send)
@@ -59,26 +77,80 @@ class CollabApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-class Collab:
-    """The parts one instance runs, and the flag that says whether it takes new clients."""
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, settings: Settings) -> None:
+
+def default_authorizer(settings: Settings) -> Authorize:
+    """Signed tokens when a secret is set; otherwise everyone may write."""
+    return TokenAuthorizer(settings.secret) if settings.secret else open_access
+
+
+class Collab:
+    """The parts one instance runs, and the flag that says whether it takes new clients.
+
+    ``authorize`` is a host application's access decision; it replaces the built-in one
+    (signed tokens with ``COLLAB_SECRET``, open without)."""
+
+    def __init__(self, settings: Settings, *, authorize: Authorize | None = None) -> None:
         self.settings = settings
         self.store: Store = open_store(settings.store, commit_window=settings.commit_window,
                                        compact_threshold=settings.compact_threshold)
         self.bus: Bus = open_bus(settings.redis, settings.instance_id)
         self.rooms = Rooms(self.store, self.bus, idle_seconds=settings.room_idle,
                            durable_acks=settings.durable_acks,
-                           presence_hold=settings.poll_presence_hold)
+                           presence_hold=settings.poll_presence_hold, limits=RoomLimits(
+                               max_document_size=settings.max_document_size,
+                               max_presence_state=settings.max_presence_state,
+                               max_presence_entries=settings.max_presence_entries))
         self.accepting = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.admission = Admission(is_accepting=lambda: self.accepting)
+        self.open = authorize is None and not settings.secret
+        self.admission = Admission(
+            authorize or default_authorizer(settings),
+            is_accepting=lambda: self.accepting,
+            origins=OriginPolicy(settings.allowed_origins),
+            limits=ConnectionLimits(per_instance=settings.max_connections,
+                                    per_document=settings.max_connections_per_document,
+                                    per_address=settings.max_connections_per_address))
         self.sockets = WebSocketEndpoint(
             self.rooms, self.admission,
-            Limits(max_send_buffer=settings.max_send_buffer, keepalive=settings.keepalive),
+            Limits(max_send_buffer=settings.max_send_buffer, keepalive=settings.keepalive,
+                   max_message_rate=settings.max_message_rate, message_burst=settings.message_burst,
+                   flood_patience=settings.flood_patience),
         )
         self.polls = PollEndpoint(self.rooms, self.admission, PollLimits(
             max_body=settings.max_message_size, timeout=settings.poll_timeout))
+
+        self.guard = RequestGuard(timeout=settings.request_timeout, max_head=settings.max_request_head,
+                                  max_pending=settings.max_handshakes)
+        """Bounds requests before the app sees them; ``collab serve`` installs it in uvicorn."""
+
+    def on_metrics_listener(self, scope: Scope) -> bool:
+        return on_metrics_listener(self.settings, scope)
+
+    def open_warning(self) -> str | None:
+        """What to say at start about an open server (louder when reachable from elsewhere)."""
+        if not self.open:
+            return None
+        if is_loopback(self.settings.host):
+            return ("no COLLAB_SECRET: the server is open, anyone who can reach it may read and "
+                    "change every document (fine on loopback, for development)")
+        return (f"!!! OPEN TO THE NETWORK: no COLLAB_SECRET is set and the server listens on "
+                f"{self.settings.host}: anyone who can reach it may read, overwrite and delete "
+                "every document. Set COLLAB_SECRET and hand out tokens (collab token). !!!")
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """The counters of admission, the rooms and the transports (for /metrics)."""
+        return {"admission": dataclasses.asdict(self.admission.stats),
+                "rooms": dataclasses.asdict(self.rooms.stats),
+                "websocket": dataclasses.asdict(self.sockets.stats),
+                "requests": dataclasses.asdict(self.guard.stats)}
 
     async def start(self) -> None:
         try:
@@ -90,6 +162,9 @@ class Collab:
         self.rooms.start()
         self.loop = asyncio.get_running_loop()
         self.accepting = True
+        warning = self.open_warning()
+        if warning is not None:
+            log.warning(warning)
         log.info("collab %s ready (store %s, bus %s)", __version__, redact_url(self.settings.store),
                  redact_url(self.settings.redis) if self.settings.redis else "local")
 
@@ -129,9 +204,29 @@ class Collab:
         log.info("collab stopped; every accepted update is stored")
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def metrics_refusal(settings: Settings, request: Request, open_server: bool) -> Response | None:
+    """/metrics is private when asked (a token, a listener of its own) and whenever the
+    documents are (a secret is set): None when this request may see it."""
+    if settings.metrics_listen is not None and not on_metrics_listener(settings, request.scope):
+        return PlainTextResponse("Not Found\n", status_code=404)
+    if settings.metrics_token is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 settings.metrics_token.encode()):
+            return PlainTextResponse("/metrics needs Authorization: Bearer <COLLAB_METRICS_TOKEN>\n",
+                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return None
+    if settings.metrics_listen is None and not open_server:
+        return PlainTextResponse("/metrics is private: set COLLAB_METRICS_TOKEN or "
+                                 "COLLAB_METRICS_LISTEN\n", status_code=403)
+    return None
+
+
+
+
+def create_app(settings: Settings | None = None, *, authorize: Authorize | None = None) -> Starlette:
     settings = settings or Settings.from_env()
-    collab = Collab(settings)
+    collab = Collab(settings, authorize=authorize)
 
     async def liveness(_request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -141,7 +236,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return PlainTextResponse("ready\n")
         return PlainTextResponse("not ready\n", status_code=503)
 
-    async def metrics(_request: Request) -> Response:
+    async def metrics(request: Request) -> Response:
+        refusal = metrics_refusal(settings, request, collab.open)
+        if refusal is not None:
+            return refusal
         rooms = collab.rooms.rooms
         return JSONResponse({
             "version": __version__,
@@ -153,6 +251,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "bus_healthy": collab.bus.healthy,
             "bus": collab.bus.metrics(),
             "poll": dataclasses.asdict(collab.polls.stats),
+            **collab.stats(),
         })
 
     index_html = Path(settings.web_dir) / "index.html"

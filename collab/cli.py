@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from collab.store import Store
 
 T = TypeVar("T")
+log = logging.getLogger("collab")
 
 
 def _add_settings_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
@@ -48,9 +51,47 @@ class _DenialNoise(logging.Filter):
         return "without completing handshake" not in record.getMessage()
 
 
+_TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"']*", re.IGNORECASE)
+
+
+class _RedactTokens(logging.Filter):
+    """uvicorn logs every request's URL, query string included: never a token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message.lower():
+            record.msg = _TOKEN_IN_URL.sub(r"\1[redacted]", message)
+            record.args = None
+        return True
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(_RedactTokens())
+
+
+def _raise_open_files_limit() -> None:
+    """A server holds a file descriptor per connection: use all the system allows."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _metrics_socket(config: Any, address: tuple[str, int]) -> Any:
+    """A listening socket for /metrics, bound like uvicorn binds the main one."""
+    import uvicorn
+
+    metrics_config = uvicorn.Config(config.app, host=address[0], port=address[1])
+    return metrics_config.bind_socket()
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -66,12 +107,19 @@ def serve(args: argparse.Namespace) -> int:
     except (UnsupportedStore, ValueError) as exc:
         print(f"collab: {exc}", file=sys.stderr)
         return 2
+    collab = app.state.collab
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        http=collab.guard.protocol, ws="websockets-sansio",
         ws_max_size=settings.max_message_size, ws_per_message_deflate=settings.per_message_deflate,
-        lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False,
+        lifespan="on", timeout_graceful_shutdown=5,
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
-    collab = app.state.collab
+    _raise_open_files_limit()
+    sockets = None
+    if settings.metrics_listen is not None:
+        sockets = [config.bind_socket(), _metrics_socket(config, settings.metrics_listen)]
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -82,7 +130,10 @@ def serve(args: argparse.Namespace) -> int:
             self._captured_signals.clear()  # a graceful stop exits 0, not by re-raising the signal
 
     server = Server(config)
-    server.run()
+    if sockets is not None:
+        log.info("serving on http://%s:%d, /metrics on http://%s:%d", settings.host, settings.port,
+                 *settings.metrics_listen)  # type: ignore[misc]
+    server.run(sockets=sockets)
     if not server.started:
         print("collab: the server did not start (see the log above)", file=sys.stderr)
         return 3
@@ -167,6 +218,25 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def token(args: argparse.Namespace) -> int:
+    """Print a signed token for one document (or a name prefix) and a mode."""
+    from collab.tokens import mint
+
+    settings = _settings(args)
+    if not settings.secret:
+        print("collab: no secret to sign with: set COLLAB_SECRET (or --secret)", file=sys.stderr)
+        return 2
+    print(mint(settings.secret, mode=args.mode, ttl=args.ttl, doc=args.doc,
+               doc_prefix=args.doc_prefix, sub=args.sub, name=args.name))
+    return 0
+
+
+def _ttl(text: str) -> float:
+    from collab.tokens import parse_ttl
+
+    return parse_ttl(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="collab", description=__doc__)
     parser.add_argument("--version", action="version", version=f"collab {__version__}")
@@ -193,6 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--field", default="text", help="shared text field to print")
     _add_settings_arguments(export_parser, {"store"})
     export_parser.set_defaults(func=export)
+
+    token_parser = commands.add_parser(
+        "token", help="print a signed access token",
+        description="Print a JWT (HS256, signed with COLLAB_SECRET) that lets its holder open one "
+                    "document, or every document whose name starts with a prefix, to read or to "
+                    "write. A backend can mint the same tokens with any JWT library (claims: exp, "
+                    "doc or doc_prefix, mode, optional sub and name).")
+    which = token_parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--doc", metavar="NAME", help="the document name, exactly as in the URL")
+    which.add_argument("--doc-prefix", metavar="PREFIX", help="every document whose name starts so")
+    token_parser.add_argument("--mode", choices=("read", "write"), required=True)
+    token_parser.add_argument("--ttl", type=argument_type(_ttl), required=True,
+                              help="how long it is valid: seconds, or a number with s, m, h or d")
+    token_parser.add_argument("--sub", help="who it is for (the subject)")
+    token_parser.add_argument("--name", help="the name shown in presence")
+    _add_settings_arguments(token_parser, {"secret"})
+    token_parser.set_defaults(func=token)
 
     _add_loadtest(commands)
     return parser

@@ -35,6 +35,7 @@ FORBIDDEN = Outcome(4403, 403, "forbidden (token for another document, origin no
                                "access withdrawn)")
 DOCUMENT_DELETED = Outcome(4410, 410, "document deleted (404 when it never existed)")
 DOCUMENT_TOO_LARGE = Outcome(4413, 413, "document too large")
+PRESENCE_TOO_LARGE = Outcome(4413, 413, "presence too large (a state, or one client's entries)")
 RATE_LIMITED = Outcome(4429, 429, "rate limited")
 FULL = Outcome(4503, 503, "server or document full (connection limits)")
 REQUEST_HEAD_TOO_LARGE = Outcome(None, 431, "request head too large")
@@ -42,7 +43,7 @@ REQUEST_HEAD_TOO_LARGE = Outcome(None, 431, "request head too large")
 TABLE: tuple[Outcome, ...] = (
     BAD_MESSAGE, TEXT_FRAME, INVALID_UPDATE, MESSAGE_TOO_LARGE, INTERNAL_ERROR, SERVICE_RESTART,
     TRY_AGAIN, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, DOCUMENT_DELETED, DOCUMENT_TOO_LARGE,
-    RATE_LIMITED, FULL, REQUEST_HEAD_TOO_LARGE,
+    PRESENCE_TOO_LARGE, RATE_LIMITED, FULL, REQUEST_HEAD_TOO_LARGE,
 )
 """Every documented outcome, in the order of the table in ``docs/protocol.md``."""
 
@@ -53,6 +54,19 @@ def http_status(close_code: int) -> int:
         if outcome.close == close_code and outcome.http is not None:
             return outcome.http
     return INTERNAL_ERROR.http or 500
+
+
+class Refused(Exception):
+    """Something refused with one row of the table: answer ``status`` over HTTP (a request,
+    or a WebSocket before its upgrade), or close with ``close_code`` a connection already open.
+    Admission raises it, and so does a room for input past a limit."""
+
+    def __init__(self, outcome: Outcome, reason: str) -> None:
+        super().__init__(reason)
+        assert outcome.http is not None and outcome.close is not None
+        self.status: int = outcome.http
+        self.close_code: int = outcome.close
+        self.reason = reason
 
 
 READ_ONLY_REASON = "read-only"

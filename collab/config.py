@@ -89,6 +89,30 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def secret(text: str) -> str:
+    if len(text.encode("utf-8")) < 32:
+        raise ValueError("must be at least 32 bytes (HS256 needs a 256-bit key); "
+                         "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return text
+
+
+def origin_list(text: str) -> tuple[str, ...]:
+    """Comma-separated web origins (``https://app.example.com``), ``null`` or ``*``."""
+    origins = tuple(part.strip().rstrip("/").lower() for part in text.split(",") if part.strip())
+    for origin in origins:
+        if origin not in ("*", "null") and "://" not in origin:
+            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], null or *)")
+    return origins
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9090`` for IPv6)."""
+    host, sep, number = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), port(number)
+
+
 def argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """One of these parsers for argparse, which shows an ArgumentTypeError's message as is."""
 
@@ -126,11 +150,69 @@ class Settings:
         "COLLAB_REDIS_URL", metavar="URL")})
     log_level: str = field(default="info", metadata={"option": Option(
         "critical, error, warning, info, debug or trace", "COLLAB_LOG_LEVEL", log_level, "LEVEL")})
+    secret: str | None = field(default=None, repr=False, metadata={"option": Option(
+        "HS256 key for signed tokens (at least 32 bytes); with it every connection needs a token "
+        "naming its document and mode (collab token), without it the server is open to everyone",
+        "COLLAB_SECRET", secret, "KEY")})
+    allowed_origins: tuple[str, ...] = field(default=(), metadata={"option": Option(
+        "web origins whose pages may connect, comma-separated (* for any); the server's own "
+        "origin always may; empty: own origin and loopback pages only",
+        "COLLAB_ALLOWED_ORIGINS", origin_list, "ORIGINS")})
+    metrics_token: str | None = field(default=None, repr=False, metadata={"option": Option(
+        "/metrics answers only requests with Authorization: Bearer TOKEN",
+        "COLLAB_METRICS_TOKEN", metavar="TOKEN")})
+    metrics_listen: tuple[str, int] | None = field(default=None, metadata={"option": Option(
+        "serve /metrics on this separate HOST:PORT only (not on the public port)",
+        "COLLAB_METRICS_LISTEN", listen_address, "HOST:PORT")})
     max_message_size: int = field(default=16 * 1024 * 1024, metadata={"option": Option(
         "largest WebSocket message accepted, in bytes; larger ones close the socket with 1009",
         "COLLAB_MAX_MESSAGE_SIZE", positive_int, "BYTES")})
-    max_send_buffer: int = field(default=64 * 1024 * 1024, metadata={"option": Option(
-        "bytes queued for one slow client before it is disconnected (it resyncs on reconnect)",
+    max_document_size: int = field(default=16 * 1024 * 1024, metadata={"option": Option(
+        "largest document (its encoded Yjs state, what a new client downloads), in bytes; an "
+        "update that would grow a document past it is refused with 4413",
+        "COLLAB_MAX_DOCUMENT_SIZE", positive_int, "BYTES")})
+    max_presence_state: int = field(default=8 * 1024, metadata={"option": Option(
+        "largest presence (awareness) state of one client, in bytes of JSON (past it: 4413)",
+        "COLLAB_MAX_PRESENCE_STATE", positive_int, "BYTES")})
+    max_presence_entries: int = field(default=8, metadata={"option": Option(
+        "presence (awareness) client ids one connection may bring into a room (stock clients "
+        "bring one; past it: 4413)", "COLLAB_MAX_PRESENCE_ENTRIES", positive_int, "IDS")})
+    max_message_rate: float = field(default=200.0, metadata={"option": Option(
+        "messages per second one connection may send on average; faster ones are throttled "
+        "(reading pauses), and closed with 4429 after --flood-patience seconds of it",
+        "COLLAB_MAX_MESSAGE_RATE", positive_float, "PER_SECOND")})
+    message_burst: int = field(default=1000, metadata={"option": Option(
+        "messages one connection may send at once above the average rate",
+        "COLLAB_MESSAGE_BURST", positive_int, "MESSAGES")})
+    flood_patience: float = field(default=10.0, metadata={"option": Option(
+        "seconds a connection may be held to the message rate without a break before it is "
+        "closed with 4429", "COLLAB_FLOOD_PATIENCE", positive_float, "SECONDS")})
+    max_connections: int = field(default=10_000, metadata={"option": Option(
+        "WebSocket connections this instance holds at most (past it: HTTP 503)",
+        "COLLAB_MAX_CONNECTIONS", positive_int, "CONNECTIONS")})
+    max_connections_per_document: int = field(default=1_000, metadata={"option": Option(
+        "connections to one document on this instance, at most (past it: HTTP 503)",
+        "COLLAB_MAX_CONNECTIONS_PER_DOCUMENT", positive_int, "CONNECTIONS")})
+    max_connections_per_address: int = field(default=1_000, metadata={"option": Option(
+        "connections from one client address, at most (past it: HTTP 503); behind a proxy "
+        "set --forwarded-allow-ips so that the address is the client's",
+        "COLLAB_MAX_CONNECTIONS_PER_ADDRESS", positive_int, "CONNECTIONS")})
+    forwarded_allow_ips: str | None = field(default=None, metadata={"option": Option(
+        "proxies trusted to name the client in X-Forwarded-For (comma-separated addresses, or *)",
+        "COLLAB_FORWARDED_ALLOW_IPS", metavar="ADDRESSES")})
+    request_timeout: float = field(default=10.0, metadata={"option": Option(
+        "seconds a client has to send a whole request (a WebSocket handshake's head, or an HTTP "
+        "request); slower connections are closed", "COLLAB_REQUEST_TIMEOUT", positive_float,
+        "SECONDS")})
+    max_request_head: int = field(default=16 * 1024, metadata={"option": Option(
+        "largest HTTP request head (request line and headers), in bytes; larger: 431 and closed",
+        "COLLAB_MAX_REQUEST_HEAD", positive_int, "BYTES")})
+    max_handshakes: int = field(default=1_000, metadata={"option": Option(
+        "connections that are still sending their request, at most; past it the oldest is closed",
+        "COLLAB_MAX_HANDSHAKES", positive_int, "CONNECTIONS")})
+    max_send_buffer: int = field(default=1024 * 1024, metadata={"option": Option(
+        "bytes queued for one slow client, beyond one frame of any size (a whole document), "
+        "before it is closed with 1013 (it reconnects and resyncs, losing nothing)",
         "COLLAB_MAX_SEND_BUFFER", positive_int, "BYTES")})
     commit_window: float = field(default=0.005, metadata={"option": Option(
         "group-commit window: how long an accepted update may wait to be written with others",

@@ -20,6 +20,7 @@ the event loop without awaiting, so handling one message is atomic with respect 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 from collab import codes, crdt, protocol
 from collab.admission import Access
 from collab.bus import Bus, BusMessage, Kind
+from collab.codes import Refused
 from collab.history import History
 from collab.protocol import AwarenessEntry
 from collab.store import Store, StoredDocument
@@ -54,6 +56,36 @@ REMOVALS_SHOWN = 60.0
 drops presence it holds of clients that left while it was away."""
 
 READ_ONLY_FRAME = protocol.encode_auth_denied(codes.READ_ONLY_REASON)
+
+NO_STRUCTS = b"\x00"
+"""How a Yjs v1 update with no inserted content starts (zero clients with structs)."""
+
+SIZE_MEASURE_INTERVAL = 1.0
+"""A document near its size limit is measured exactly (encoded: O(size)) at most this often."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLimits:
+    """What one client may make a room hold (each refusal closes that client with 4413)."""
+
+    max_document_size: int = 16 * 1024 * 1024
+    """Bytes of the document's encoded Yjs state; an update that would grow it past this is
+    refused."""
+    max_presence_state: int = 8 * 1024
+    """Bytes of one presence state's JSON."""
+    max_presence_entries: int = 8
+    """Presence client ids one member may bring into the room."""
+
+
+@dataclass(slots=True)
+class RoomStats:
+    """Counters shared by all rooms of an instance."""
+
+    read_only_updates_dropped: int = 0
+    updates_too_large_for_document: int = 0
+    presence_states_too_large: int = 0
+    presence_entries_refused: int = 0
+    size_measurements: int = 0
 
 
 class Peer(Protocol):
@@ -124,6 +156,17 @@ class PresenceState:
     heard_at: float = field(default_factory=time.monotonic)
 
 
+def _with_name(entry: AwarenessEntry, name: str) -> AwarenessEntry:
+    """The state with ``user.name`` set to the name admission vouches for."""
+    state = json.loads(entry.state)
+    if not isinstance(state, dict):
+        return entry
+    user = state.get("user")
+    state["user"] = {**(user if isinstance(user, dict) else {}), "name": name}
+    return AwarenessEntry(entry.client_id, entry.clock,
+                          json.dumps(state, ensure_ascii=False, separators=(",", ":")))
+
+
 def _retrieve(future: asyncio.Future[object]) -> None:
     """Mark a failed commit as seen: the clients still hold the update and resend it."""
     if not future.cancelled():
@@ -132,7 +175,8 @@ def _retrieve(future: asyncio.Future[object]) -> None:
 
 class Room:
     def __init__(self, name: str, store: Store, bus: Bus, *, durable_acks: bool = True,
-                 presence_hold: float = PRESENCE_HOLD) -> None:
+                 presence_hold: float = PRESENCE_HOLD, limits: RoomLimits | None = None,
+                 stats: RoomStats | None = None) -> None:
         self.name = name
         self.store = store
         self.bus = bus
@@ -146,7 +190,13 @@ class Room:
         self.incarnation = os.urandom(8)
         """Names this room's lifetime on this instance in the versions it issues."""
         self.updates_applied = 0
-        self.updates_refused_read_only = 0
+        self.limits = limits or RoomLimits()
+        self.stats = stats or RoomStats()
+        self.size_bound = 0
+        """An upper bound of the document's encoded size: exact when measured, plus what was
+        applied since (deletions shrink a document, so this overestimates until measured)."""
+        self._measured_at = -SIZE_MEASURE_INTERVAL
+        self._measured_size = 0
         self._catching_up: asyncio.Task[None] | None = None
         self._full_step2: bytes | None = None
         self._doc_version = 0
@@ -160,6 +210,8 @@ class Room:
         """Apply what the store holds; a stored update the engine refuses is skipped, loudly."""
         for error in self.doc.load(stored.updates):
             log.error("room %r: skipped a stored update the engine refuses: %s", self.name, error)
+        self.size_bound = sum(len(update) for update in stored.updates)
+        self._measured_size = 0
 
     async def catch_up(self) -> None:
         """Re-read the store after the bus may have dropped messages; duplicates are no-ops."""
@@ -287,13 +339,14 @@ class Room:
     # --- messages from clients --------------------------------------------------------------
 
     def receive(self, member: Member, message: protocol.Message) -> None:
-        """Handle one decoded client message. Raises :class:`crdt.InvalidUpdate` or
-        :class:`protocol.ProtocolError` for input the transport must refuse."""
+        """Handle one decoded client message. Raises :class:`crdt.InvalidUpdate`,
+        :class:`protocol.ProtocolError` or :class:`~collab.codes.Refused` (a limit) for input
+        the transport must refuse; refused input changes nothing."""
         if isinstance(message, (protocol.SyncUpdate, protocol.SyncStep2)):
             if member.may_write:
                 self._receive_update(member, message.update)
             else:  # told at join; resends after a reconnect land here too
-                self.updates_refused_read_only += 1
+                self.stats.read_only_updates_dropped += 1
         elif isinstance(message, protocol.SyncStep1):
             member.peer.send(self._step2_for(message.state_vector))
             member.synced = True
@@ -308,7 +361,32 @@ class Room:
         if produced is not None:
             self._full_step2 = None
             self._doc_version += 1
+            self.size_bound += len(produced)
         return produced
+
+    def _check_growth(self, update: bytes) -> None:
+        """Refuse (before applying it) an update that could grow the document past its limit.
+        Near the limit the document is measured, so that deletions count; a measurement costs
+        a full encoding, so it is made only after an eighth of the limit was applied since the
+        last one, or a second passed (a document held at its limit costs one per second). An
+        update without structs (deletions only, as a client resends what the server already
+        has) cannot grow it and always passes."""
+        limit = self.limits.max_document_size
+        if self.size_bound + len(update) <= limit or update[:1] == NO_STRUCTS:
+            return
+        now = time.monotonic()
+        if (self.size_bound - self._measured_size >= limit // 8
+                or now - self._measured_at >= SIZE_MEASURE_INTERVAL):
+            self._measured_at = now
+            self.stats.size_measurements += 1
+            full_state = self.doc.full_state()
+            self.size_bound = self._measured_size = len(full_state)
+            self._full_step2 = protocol.encode_sync_step2(full_state)  # the next joiners' answer
+            if self.size_bound + len(update) <= limit:
+                return
+        self.stats.updates_too_large_for_document += 1
+        raise Refused(codes.DOCUMENT_TOO_LARGE,
+                      f"document too large: it may not grow past {limit} bytes")
 
     def _step2_for(self, state_vector: bytes) -> bytes:
         """The answer to a step 1. Most joiners have nothing yet, so the answer for an empty
@@ -320,6 +398,7 @@ class Room:
         return self._full_step2
 
     def _receive_update(self, member: Member, update: bytes) -> None:
+        self._check_growth(update)
         produced = self._apply(update)
         acks = self.durable_acks and member.wants_acks
         if produced is None:
@@ -355,7 +434,7 @@ class Room:
                 member.peer.send(frame)
 
     def _receive_awareness(self, member: Member, payload: bytes) -> None:
-        entries = protocol.decode_awareness_payload(payload)
+        entries = self._check_presence(member, protocol.decode_awareness_payload(payload))
         accepted, appeared = self._merge_presence(entries, owner=member.presence_owner)
         # A member owns the clients it brought into the room, not every state it relays (stock
         # clients re-send everything they hear): its leaving removes only those.
@@ -363,6 +442,39 @@ class Room:
         if appeared or gone & member.awareness_ids:
             member.awareness_ids = (member.awareness_ids | appeared) - gone
         self._announce_presence(accepted, publish=True, origin=member.client_key)
+
+    def _check_presence(self, member: Member, entries: list[AwarenessEntry]) -> list[AwarenessEntry]:
+        """Refuse presence past the limits; put the name the member was admitted with into the
+        states it announces for itself (relayed states of others pass as they are)."""
+        limits = self.limits
+        for entry in entries:
+            if (len(entry.state) * 4 > limits.max_presence_state
+                    and len(entry.state.encode("utf-8")) > limits.max_presence_state):
+                self.stats.presence_states_too_large += 1
+                raise Refused(codes.PRESENCE_TOO_LARGE, "presence state larger than "
+                              f"{limits.max_presence_state} bytes")
+        own = member.awareness_ids
+        fresh = {e.client_id for e in entries if e.client_id not in own and self._is_new_to(e)}
+        if len(own) + len(fresh) > limits.max_presence_entries:
+            self.stats.presence_entries_refused += 1
+            raise Refused(codes.PRESENCE_TOO_LARGE, "one connection may bring at most "
+                          f"{limits.max_presence_entries} presence entries")
+        name = member.user.get("name")
+        if not isinstance(name, str):
+            return entries
+        return [_with_name(e, name) if not e.is_removal and (e.client_id in fresh
+                                                             or self._owned_by(member, e.client_id))
+                else e for e in entries]
+
+    def _owned_by(self, member: Member, client_id: int) -> bool:
+        state = self.presence.get(client_id)
+        return client_id in member.awareness_ids or (
+            state is not None and state.owner is member.presence_owner)
+
+    def _is_new_to(self, entry: AwarenessEntry) -> bool:
+        """The entry would add a client to the table (or bring a departed one back)."""
+        current = self.presence.get(entry.client_id)
+        return current is None or (current.entry.is_removal and not entry.is_removal)
 
     def _merge_presence(self, entries: list[AwarenessEntry], *,
                         owner: Member | Lease | None) -> tuple[list[AwarenessEntry], set[int]]:

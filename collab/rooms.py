@@ -7,7 +7,7 @@ import logging
 
 from collab.admission import Access
 from collab.bus import Bus
-from collab.room import PRESENCE_HOLD, Member, Peer, Room
+from collab.room import PRESENCE_HOLD, Member, Peer, Room, RoomLimits, RoomStats
 from collab.store import Store
 
 log = logging.getLogger("collab.rooms")
@@ -21,9 +21,11 @@ class Rooms:
 
     def __init__(self, store: Store, bus: Bus, *, idle_seconds: float = 5.0,
                  durable_acks: bool = True, housekeeping_interval: float = 5.0,
-                 presence_hold: float = PRESENCE_HOLD) -> None:
+                 presence_hold: float = PRESENCE_HOLD, limits: RoomLimits | None = None) -> None:
         self.store = store
         self.bus = bus
+        self.limits = limits or RoomLimits()
+        self.stats = RoomStats()
         self.idle_seconds = idle_seconds
         self.durable_acks = durable_acks
         self.housekeeping_interval = housekeeping_interval
@@ -74,7 +76,7 @@ class Rooms:
 
     async def _load(self, name: str) -> Room:
         room = Room(name, self.store, self.bus, durable_acks=self.durable_acks,
-                    presence_hold=self.presence_hold)
+                    presence_hold=self.presence_hold, limits=self.limits, stats=self.stats)
         await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap, room.on_bus_unconfirmed)
         try:
             room.load(await self.store.load(name))

@@ -57,10 +57,12 @@ class JsClient:
         self._err_reader = asyncio.ensure_future(self._read_stderr())
 
     @classmethod
-    async def start(cls, server_url: str, room: str, label: str = "js") -> JsClient:
+    async def start(cls, server_url: str, room: str, label: str = "js",
+                    params: dict[str, str] | None = None) -> JsClient:
+        """``params``: extra URL parameters for the provider (its ``params`` option)."""
         node = need_node()
         process = await asyncio.create_subprocess_exec(
-            node, str(CLIENT_SCRIPT), server_url, room, cwd=JS_DIR,
+            node, str(CLIENT_SCRIPT), server_url, room, json.dumps(params or {}), cwd=JS_DIR,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             limit=MAX_LINE,
         )
@@ -219,8 +221,9 @@ class JsClients:
     def __init__(self) -> None:
         self.clients: list[JsClient] = []
 
-    async def start(self, server_url: str, room: str, label: str | None = None) -> JsClient:
-        client = await JsClient.start(server_url, room, label or f"js{len(self.clients)}")
+    async def start(self, server_url: str, room: str, label: str | None = None,
+                    params: dict[str, str] | None = None) -> JsClient:
+        client = await JsClient.start(server_url, room, label or f"js{len(self.clients)}", params)
         self.clients.append(client)
         return client
 

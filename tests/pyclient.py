@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from urllib.parse import urlencode
 
 import websockets
 
@@ -13,8 +14,12 @@ from collab import crdt, protocol
 
 
 class PyClient:
-    def __init__(self, base_url: str, room: str, *, reconnect: bool = True, acks: bool = True) -> None:
-        self.url = f"{base_url}/{room}" + ("?acks=1" if acks else "")
+    def __init__(self, base_url: str, room: str, *, reconnect: bool = True, acks: bool = True,
+                 params: Mapping[str, str] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        query = {**({"acks": "1"} if acks else {}), **(params or {})}
+        self.url = f"{base_url}/{room}" + (f"?{urlencode(query)}" if query else "")
+        self.headers = dict(headers or {})
         self.reconnect = reconnect
         self.doc = crdt.Document()
         self.synced = asyncio.Event()
@@ -37,7 +42,8 @@ class PyClient:
         delay = 0.05
         while not self._stopping:
             try:
-                async with websockets.connect(self.url, max_size=None) as ws:
+                async with websockets.connect(self.url, max_size=None,
+                                              additional_headers=self.headers) as ws:
                     self._ws = ws
                     self.connections += 1
                     delay = 0.05
@@ -47,6 +53,8 @@ class PyClient:
                     self.close_codes.append(ws.close_code)
             except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake) as exc:
                 code = getattr(getattr(exc, "rcvd", None), "code", None)
+                if isinstance(exc, websockets.InvalidStatus):
+                    code = exc.response.status_code  # refused before the upgrade
                 self.close_codes.append(code)
             finally:
                 self._ws = None
@@ -103,6 +111,14 @@ class PyClient:
     async def wait_closed(self, timeout: float = 10.0) -> int | None:
         await asyncio.wait_for(self.closed.wait(), timeout)
         return self.close_codes[-1] if self.close_codes else None
+
+    def auth_messages(self) -> list[protocol.Auth]:
+        return [m for m in self.received if isinstance(m, protocol.Auth)]
+
+    async def drop(self) -> None:
+        """End the connection from this side; the client reconnects (and resends) by itself."""
+        if self._ws is not None:
+            await self._ws.close()
 
     async def close(self) -> None:
         self._stopping = True

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
+import jwt
 import pytest
 
 from collab import codes
-from collab.admission import WRITE, Access, AccessRequest, Admission, Refused
+from collab.admission import WRITE, Access, AccessRequest, Admission, ConnectionLimits, OriginPolicy, Refused
+from collab.app import Collab
+from collab.config import Settings
+from collab.limits import TokenBucket
+from collab.tokens import TokenAuthorizer, mint, parse_ttl
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -88,3 +94,106 @@ def test_a_request_from_an_asgi_scope_has_lower_case_headers_cookies_and_query()
     assert req.cookies == {"session": "abc", "theme": "dark"}
     assert req.query == {"acks": "1", "token": "t2"}
     assert req.client == ("127.0.0.1", 5000)
+
+
+@pytest.mark.parametrize(("origin", "host", "allowed", "expected"), [
+    (None, "h.example", (), True),  # not a browser: the token decides
+    ("https://h.example", "h.example", (), True),  # the server's own origin
+    ("https://h.example", "h.example:443", (), True),
+    ("http://h.example:8080", "h.example:8080", (), True),
+    ("http://h.example:8081", "h.example:8080", (), False),
+    ("http://localhost:5173", "h.example", (), True),  # loopback pages, by default only
+    ("http://[::1]:3000", "h.example", (), True),
+    ("http://localhost.evil.example", "h.example", (), False),
+    ("http://evil.example", "h.example", (), False),
+    ("null", "h.example", (), False),
+    ("null", "h.example", ("null",), True),
+    ("http://localhost:5173", "h.example", ("https://app.example",), False),
+    ("https://app.example", "h.example", ("https://app.example:443",), True),
+    ("https://h.example", "h.example", ("https://app.example",), True),
+    ("garbage", "h.example", (), False),
+    ("http://evil.example", "h.example", ("*",), True),
+])
+def test_origin_policy(origin: str | None, host: str, allowed: tuple[str, ...], expected: bool) -> None:
+    assert OriginPolicy(allowed).allows(origin, host) is expected
+
+
+async def test_connection_slots_are_taken_per_document_address_and_instance() -> None:
+    limits = ConnectionLimits(per_instance=4, per_document=2, per_address=2)
+    admission = Admission(limits=limits)
+    a = await admission.admit(request("a", client=("10.0.0.1", 1)))
+    await admission.admit(request("b", client=("10.0.0.1", 2)))
+    await admission.admit(request("a", client=("10.0.0.2", 1)))
+    for doc, address, reason in (("a", "10.0.0.3", "document"), ("c", "10.0.0.1", "address")):
+        with pytest.raises(Refused) as refused:
+            await admission.admit(request(doc, client=(address, 1)))
+        assert refused.value.status == 503 and refused.value.close_code == 4503
+        assert reason in refused.value.reason
+    await admission.admit(request("c", client=("10.0.0.3", 1)))
+    with pytest.raises(Refused, match="full"):
+        await admission.admit(request("d", client=("10.0.0.4", 1)))
+    api = await admission.admit(AccessRequest("d", "api"))  # one-off calls hold no slot
+    assert api.slot is None
+    a.release()
+    a.release()  # once only
+    assert limits.total == 3 and limits.by_document == {"a": 1, "b": 1, "c": 1}
+    assert limits.by_address == {"10.0.0.1": 1, "10.0.0.2": 1, "10.0.0.3": 1}
+    await admission.admit(request("d", client=("10.0.0.1", 1)))
+    assert admission.stats.refused_full == 3 and admission.stats.admitted == 6
+
+
+def test_a_token_bucket_delays_past_the_rate_and_calls_a_long_flood_a_flood() -> None:
+    bucket = TokenBucket(rate=10, burst=5, patience=2.0, now=0.0)
+    assert [bucket.take(0.0) for _ in range(5)] == [0.0] * 5  # the burst
+    assert bucket.take(0.0) == pytest.approx(0.1)
+    now, waited = 0.1, 0.0
+    while now < 2.05:  # held to the rate, with the server reading a little late each time
+        wait = bucket.take(now)
+        waited += wait
+        now += wait + 0.03
+    assert waited > 1.0 and bucket.flooding(now)
+    bucket.take(now + 3.0)  # a pause that wins back the burst ends it
+    assert not bucket.flooding(now + 3.1)
+
+
+async def test_signed_tokens_are_checked_claim_by_claim() -> None:
+    secret = "k" * 32
+    authorize = TokenAuthorizer(secret)
+
+    async def decide(token: str, document: str = "doc") -> Access:
+        return await authorize(AccessRequest(document, "websocket", query={"token": token}))
+
+    granted = await decide(mint(secret, mode="read", ttl=60, doc="doc", sub="u1", name="Ann"))
+    assert granted.mode == "read" and granted.user == {"sub": "u1", "name": "Ann"}
+    prefixed = await decide(mint(secret, mode="write", ttl=60, doc_prefix="team/"), "team/x")
+    assert prefixed.may_write
+    header = await authorize(AccessRequest("doc", "websocket", headers={
+        "authorization": "Bearer " + mint(secret, mode="write", ttl=60, doc="doc")}))
+    assert header.may_write
+    assert await decide(mint(secret, mode="read", ttl=-3, doc="doc"))  # within the leeway
+    bad = {
+        "expired": mint(secret, mode="read", ttl=-10, doc="doc"),
+        "another document": mint(secret, mode="read", ttl=60, doc="doc2"),
+        "bad signature": mint("j" * 32, mode="read", ttl=60, doc="doc"),
+        "doc or doc_prefix": jwt.encode({"exp": time.time() + 60, "mode": "read", "doc": "doc",
+                                         "doc_prefix": "d"}, secret),
+        "none": jwt.encode({"exp": time.time() + 60, "mode": "read", "doc": "doc"}, None, "none"),
+    }
+    for label, token in bad.items():
+        with pytest.raises(Refused) as refused:
+            await decide(token)
+        assert refused.value.status in (401, 403), label
+    assert "secret" not in repr(authorize) and secret not in repr(authorize)
+    for text, seconds in (("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("2d", 172800)):
+        assert parse_ttl(text) == seconds
+    for text in ("1w", "-5", "0", "soon"):
+        with pytest.raises(ValueError):
+            parse_ttl(text)
+
+
+def test_an_open_server_says_so_louder_beyond_loopback() -> None:
+    local = Collab(Settings(store="memory://", host="127.0.0.1")).open_warning()
+    public = Collab(Settings(store="memory://", host="0.0.0.0")).open_warning()
+    assert local is not None and "open" in local and "NETWORK" not in local
+    assert public is not None and "OPEN TO THE NETWORK" in public and "0.0.0.0" in public
+    assert Collab(Settings(store="memory://", host="0.0.0.0", secret="s" * 32)).open_warning() is None

@@ -337,7 +337,7 @@ async def test_a_read_only_member_sees_everything_is_told_once_and_changes_nothi
         room.receive(reader, protocol.SyncStep2(forged))
         room.receive(reader, protocol.SyncUpdate(forged))
     assert room.doc.text() == "shared" and updates(writer) == []
-    assert len(bus.published) == published and room.updates_refused_read_only == 6
+    assert len(bus.published) == published and room.stats.read_only_updates_dropped == 6
     assert [m for m in sent(reader) if isinstance(m, protocol.Auth)] == denials
     assert reader.peer.closed is None  # type: ignore[attr-defined]
     await store.flush()

@@ -293,6 +293,8 @@ async def test_presence_of_a_dead_instances_clients_expires_elsewhere(cluster: C
     state = protocol.AwarenessEntry(4242, 1, '{"user":{"name":"ghost"}}')
     async with connect(f"{surviving.ws_url}/{room}") as watcher, \
             connect(f"{dying.ws_url}/{room}") as ghost:
+        for ws in (watcher, ghost):  # the server's step 1: both rooms are loaded and on the bus
+            await asyncio.wait_for(ws.recv(), 10)
         await ghost.send(protocol.encode_awareness(protocol.encode_awareness_payload([state])))
 
         async def presence_of_ghost(live: bool) -> None:

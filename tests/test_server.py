@@ -211,7 +211,8 @@ async def test_a_fresh_instance_with_an_empty_store_gets_the_document_back(serve
 
 async def test_a_client_that_stops_reading_is_disconnected_not_buffered(
         server_factory: ServerFactory) -> None:
-    server = server_factory("memory://", args=["--max-send-buffer", "1000000", "--durable-acks", "false"])
+    server = server_factory("memory://", args=["--max-send-buffer", "1000000", "--durable-acks", "false",
+                                               "--max-document-size", "64000000"])
     writer = await connect(server, "doc")
     stalled = await websockets.connect(server.ws_url + "/doc", max_queue=1, max_size=None)
     await stalled.send(protocol.encode_sync_step1(b"\x00"))

@@ -217,6 +217,8 @@ class PollEndpoint:
                 await self._await_acks(member)
         except (protocol.ProtocolError, crdt.InvalidUpdate) as exc:
             raise Answer(codes.BAD_MESSAGE.http or 400, f"refused: {exc}") from None
+        except Refused as refused:  # past a room's limit: refused as a connection would be closed
+            raise Answer(refused.status, refused.reason) from None
         finally:
             self.rooms.leave(member)
         if peer.closed is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -24,12 +25,15 @@ from starlette.types import Receive, Scope, Send
 from collab import codes, crdt, protocol
 from collab.admission import Access, AccessRequest, Admission, Refused
 from collab.codes import close_reason
+from collab.limits import TokenBucket
 from collab.room import Member
 from collab.rooms import Rooms
 
 log = logging.getLogger("collab.ws")
 
 PATH_PREFIX = "/ws/"
+CLOSE_FRAME_TIMEOUT = 10.0
+"""Seconds a close frame may wait for a socket that is not writable (uvicorn's close timeout)."""
 KEEPALIVE_FRAME = protocol.encode_awareness(protocol.encode_awareness_payload([]))
 """An awareness update with no entries: a no-op for every client, but a message."""
 
@@ -56,10 +60,31 @@ def display_name(name: str) -> str:
 
 @dataclass(slots=True)
 class Limits:
-    max_send_buffer: int = 64 * 1024 * 1024
-    """Bytes queued for one client beyond which it is disconnected (it resyncs on reconnect)."""
+    max_send_buffer: int = 1024 * 1024
+    """Bytes queued for one client, beyond a single frame of any size (the whole document, for a
+    joiner), past which it is closed with 1013: it reconnects and resyncs, which costs one
+    document, so a longer backlog is never worth its memory."""
     keepalive: float = 15.0
     """Send a no-op message to a client that has been sent nothing for this many seconds."""
+    max_message_rate: float = 200.0
+    """Messages per second a client may send on average (faster: reading it pauses)."""
+    message_burst: int = 1000
+    """Messages a client may send at once above the rate."""
+    flood_patience: float = 10.0
+    """Seconds a client may be held to the rate without a break before it is closed (4429)."""
+
+
+@dataclass(slots=True)
+class SocketStats:
+    """Counters of the WebSocket transport."""
+
+    accepted: int = 0
+    slow_clients_closed: int = 0
+    messages_too_large: int = 0
+    messages_throttled: int = 0
+    floods_closed: int = 0
+    refused_messages: int = 0
+    """Messages closed with a code (bad message, invalid update, a room limit)."""
 
 
 class WebSocketPeer:
@@ -69,17 +94,18 @@ class WebSocketPeer:
     and keepalives come from one sweeper for all peers.
     """
 
-    __slots__ = ("close_request", "drain_task", "last_sent", "limits", "queue", "queued_bytes",
+    __slots__ = ("close_request", "drain_task", "endpoint", "last_sent", "queue", "queued_bytes",
                  "reader_task", "send_event")
 
-    def __init__(self, send_event: Send, limits: Limits, reader_task: asyncio.Task[object]) -> None:
+    def __init__(self, send_event: Send, endpoint: WebSocketEndpoint,
+                 reader_task: asyncio.Task[object]) -> None:
         self.send_event = send_event
-        self.limits = limits
+        self.endpoint = endpoint
         self.reader_task = reader_task
         self.queue: deque[bytes] | None = None  # allocated while frames wait: most peers idle
         self.queued_bytes = 0
         self.drain_task: asyncio.Task[None] | None = None
-        self.last_sent = time.monotonic()
+        self.last_sent = math.inf  # no keepalive before the join has sent the first frame
         self.close_request: tuple[int, str] | None = None
 
     def send(self, frame: bytes) -> None:
@@ -93,10 +119,11 @@ class WebSocketPeer:
             queue = self.queue = deque()
         queue.append(frame)
         self.queued_bytes += len(frame)
-        if self.queued_bytes > self.limits.max_send_buffer and len(queue) > 1:
+        if self.queued_bytes > self.endpoint.limits.max_send_buffer and len(queue) > 1:
             # A single frame of any size may wait (a big document's step 2); a backlog may not.
             queue.clear()
             self.queued_bytes = 0
+            self.endpoint.stats.slow_clients_closed += 1
             self.close(codes.TRY_AGAIN.close, "client too slow: send buffer full, reconnect")
             self.drain_task.cancel()  # it may be stuck in a send the client never reads
             self.reader_task.cancel()
@@ -112,7 +139,7 @@ class WebSocketPeer:
             self.last_sent = time.monotonic()
             return
         except Exception:  # the client is gone; its reader sees the disconnect
-            self.close(1000, "")
+            self.close(codes.NORMAL.close, "")
             return
         self.drain_task = asyncio.get_running_loop().create_task(self._drain(sending, waiting_on))
 
@@ -137,13 +164,16 @@ class WebSocketPeer:
             self.queued_bytes = 0
 
     async def finish(self) -> None:
-        """Send what is queued and the close frame; give up on a client that reads nothing."""
+        """Send what is queued and the close frame; give up on a client that reads nothing. A
+        slow client's close frame waits behind what its socket still holds: it should learn
+        why (1013: reconnect) rather than see the connection drop, and waiting costs only
+        the socket now that its queue is gone."""
         if self.drain_task is not None:
             await asyncio.wait({self.drain_task}, timeout=5.0)  # never raises
         code, reason = self.close_request or (codes.NORMAL.close, "")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.send_event({"type": "websocket.close", "code": code,
-                                                    "reason": reason}), 2.0)
+                                                    "reason": reason}), CLOSE_FRAME_TIMEOUT)
 
 
 class WebSocketEndpoint:
@@ -153,6 +183,7 @@ class WebSocketEndpoint:
         self.rooms = rooms
         self.admission = admission
         self.limits = limits
+        self.stats = SocketStats()
         self.peers: set[WebSocketPeer] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -174,9 +205,10 @@ class WebSocketEndpoint:
         if (await receive())["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
+        self.stats.accepted += 1
         task = asyncio.current_task()
         assert task is not None
-        peer = WebSocketPeer(send, self.limits, task)
+        peer = WebSocketPeer(send, self, task)
         # The handshake's headers are not read again; a socket that lives for hours should not
         # keep them (about 1 KiB of every idle connection).
         scope["headers"] = ()
@@ -186,11 +218,25 @@ class WebSocketEndpoint:
         try:
             member = await self.rooms.join(request.document, peer, access,
                                            wants_acks=wants_acks(request))
+            limits, loop = self.limits, asyncio.get_running_loop()
+            bucket = TokenBucket(limits.max_message_rate, limits.message_burst,
+                                 limits.flood_patience, loop.time())
             # The read loop is inline: one coroutine frame less on every idle connection.
             while peer.close_request is None:
                 message = await receive()
                 if message["type"] != "websocket.receive":
+                    if message.get("code") == codes.MESSAGE_TOO_LARGE.close:
+                        self.stats.messages_too_large += 1  # closed by the server's WebSocket layer
                     break  # websocket.disconnect
+                wait = bucket.take(loop.time())
+                if wait:
+                    if bucket.flooding(loop.time()):
+                        self.stats.floods_closed += 1
+                        peer.close(codes.RATE_LIMITED.close, "too many messages: at most "
+                                   f"{limits.max_message_rate:g} per second")
+                        break
+                    self.stats.messages_throttled += 1
+                    await asyncio.sleep(wait)  # not reading meanwhile: the client is slowed down
                 self._handle_frame(member, peer, message.get("bytes"))
         except asyncio.CancelledError:
             if peer.close_request is None:
@@ -205,17 +251,22 @@ class WebSocketEndpoint:
                 self.rooms.leave(member)
         await peer.finish()
 
-    @staticmethod
-    def _handle_frame(member: Member, peer: WebSocketPeer, data: bytes | None) -> None:
+    def _handle_frame(self, member: Member, peer: WebSocketPeer, data: bytes | None) -> None:
         if data is None:
+            self.stats.refused_messages += 1
             peer.close(codes.TEXT_FRAME.close, "text frames are not supported; send binary")
             return
         try:
             member.room.receive(member, protocol.decode_message(data))
         except protocol.ProtocolError as exc:
+            self.stats.refused_messages += 1
             peer.close(codes.BAD_MESSAGE.close, f"malformed message: {exc}")
         except crdt.InvalidUpdate as exc:
+            self.stats.refused_messages += 1
             peer.close(codes.INVALID_UPDATE.close, f"invalid Yjs update: {exc}")
+        except Refused as refused:
+            self.stats.refused_messages += 1
+            peer.close(refused.close_code, refused.reason)
 
     def _start_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():

@@ -1,6 +1,6 @@
 // A stock y-websocket client driven over stdin/stdout, one JSON object per line.
 //
-//   node client.mjs SERVER_URL ROOM
+//   node client.mjs SERVER_URL ROOM [PARAMS_JSON]
 //
 // Commands (stdin): {"id": 1, "cmd": "insert", "index": 0, "text": "hi"}; every command gets
 // one reply {"id": 1, "ok": true, ...} or {"id": 1, "ok": false, "error": "..."}.
@@ -16,9 +16,9 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import * as decoding from 'lib0/decoding'
 
-const [serverUrl, room] = process.argv.slice(2)
+const [serverUrl, room, paramsJson] = process.argv.slice(2)
 if (!serverUrl || !room) {
-  process.stderr.write('usage: node client.mjs SERVER_URL ROOM\n')
+  process.stderr.write('usage: node client.mjs SERVER_URL ROOM [PARAMS_JSON]\n')
   process.exit(2)
 }
 
@@ -64,7 +64,8 @@ const ytext = doc.getText(FIELD)
 const provider = new WebsocketProvider(serverUrl, room, doc, {
   WebSocketPolyfill: CountingWebSocket,
   disableBc: true,
-  params: { acks: '1' } // ask for durable acks (wait_saved counts them)
+  // ask for durable acks (wait_saved counts them); extra URL parameters such as a token
+  params: { acks: '1', ...JSON.parse(paramsJson || '{}') }
 })
 const awareness = provider.awareness
 
