@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the editor on / and the y-websocket endpoint on /ws/<room>. Every "
                     "option can also be set with the environment variable named in its help.")
     _add_settings_arguments(serve_parser)
-    serve_parser.set_defaults(func=serve)
+    serve_parser.set_defaults(func=serve, network=True)
 
     db_parser = commands.add_parser("db", help="manage the document store")
     db_commands = db_parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -296,10 +296,14 @@ def _add_loadtest(commands: Any) -> None:
         "loadtest", help="load-test any y-websocket server",
         description=getattr(loadtest, "__doc__", None))
     loadtest.add_arguments(loadtest_parser)
-    loadtest_parser.set_defaults(func=loadtest.run)
+    loadtest_parser.set_defaults(func=loadtest.run, network=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # A server (or load tester) writes to sockets that peers may reset at any moment: a broken
+    # pipe must be an error on that one write (EPIPE), never the end of the process. Commands
+    # that print keep the default, so that `collab export doc | head` ends quietly.
+    network = getattr(args, "network", False)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN if network else signal.SIG_DFL)
     return int(args.func(args) or 0)
