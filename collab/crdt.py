@@ -1,16 +1,32 @@
 """The one seam to the CRDT engine (pycrdt, the Python bindings of Yrs).
 
 Nothing else in collab imports the engine. Updates are Yjs v1 updates, interchangeable with Yjs,
-y-py and pycrdt. Every engine error surfaces as :class:`InvalidUpdate`.
+y-py and pycrdt. Every update and state vector passes :mod:`collab.gate` before the engine sees
+it, and the engine is only ever given what it can integrate completely: the rest of an update
+waits here (bounded), outside the document and its encodings, until what it depends on arrives.
+So the document, what it reports as changed, and what it hands to new joiners always agree.
+
+Two errors leave this module: :class:`InvalidUpdate` (the input was refused and changed
+nothing) and :class:`EnginePanic` (the engine failed inside a call: the document may be
+damaged and must be rebuilt). Interrupts, exits and cancellations pass through untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import sys
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pycrdt
 
-from collab.protocol import ProtocolError, read_var_uint
+from collab import gate
+from collab.gate import InvalidUpdate
+
+__all__ = ["EMPTY_UPDATE", "TEXT_FIELD", "Applied", "Change", "Document", "EnginePanic",
+           "InvalidUpdate", "contains_all", "decode_state_vector", "document_from", "merge",
+           "state_vector_of"]
 
 TEXT_FIELD = "text"
 """The shared text the editor, the load tester and the exporter read and write."""
@@ -18,115 +34,323 @@ TEXT_FIELD = "text"
 EMPTY_UPDATE = b"\x00\x00"
 """An update with no structs and an empty delete set."""
 
+MAX_WAITING_BYTES = 4 * 1024 * 1024
+"""What a document keeps of updates waiting for their dependencies, at most."""
 
-class InvalidUpdate(ValueError):
-    """Bytes the engine refused as an update or a state vector."""
+T = TypeVar("T")
+
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+
+
+class EnginePanic(Exception):
+    """The engine failed inside a call (a Rust panic is a ``BaseException``, not an
+    ``Exception``, or it raised after the gate accepted the input): the document may be
+    damaged and is not used again."""
+
+
+def _panic(action: str, exc: BaseException) -> EnginePanic:
+    return EnginePanic(f"the engine failed while {action}: {type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What the engine integrated of one update, as it encodes it, and who sent that update."""
+
+    update: bytes
+    origin: Hashable
+
+
+@dataclass(slots=True)
+class Applied:
+    """The result of :meth:`Document.integrate`."""
+
+    update: bytes | None = None
+    """What this update changed (None: nothing, being a duplicate or waiting)."""
+    released: list[Change] = field(default_factory=list)
+    """Earlier updates that were waiting for this one, now integrated, in order."""
+    waiting: bool = False
+    """Part of this update waits for changes the document does not have yet."""
+
+
+@dataclass(slots=True)
+class _Waiting:
+    update: bytes
+    origin: Hashable
+    waits_for: tuple[tuple[int, int], ...]
 
 
 class Document:
     """One Yjs document. Not thread-safe: use it from one thread (the event loop)."""
 
-    __slots__ = ("_doc", "_produced", "_subscription")
+    __slots__ = ("_clocks", "_damaged", "_doc", "_loading", "_produced", "_subscription",
+                 "_types", "_waiting", "_waiting_bytes", "max_waiting_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_waiting_bytes: int = MAX_WAITING_BYTES) -> None:
         self._doc = pycrdt.Doc()
         self._produced: list[bytes] = []
         self._subscription = self._doc.observe(self._on_transaction)
+        self._clocks: dict[int, int] = {}
+        """The engine's state vector, kept here so that planning an update costs no engine call."""
+        self._types: set[tuple[int, int]] = set()
+        self._waiting: list[_Waiting] = []
+        self._waiting_bytes = 0
+        self._damaged: EnginePanic | None = None
+        self._loading = False
+        self.max_waiting_bytes = max_waiting_bytes
 
     def _on_transaction(self, event: pycrdt.TransactionEvent) -> None:
         self._produced.append(event.update)
 
+    # --- applying updates -----------------------------------------------------------------
+
+    def integrate(self, update: bytes, origin: Hashable = None) -> Applied:
+        """Apply a remote update as far as it can be, and whatever it lets in of the updates
+        waiting. Raises :class:`InvalidUpdate` (nothing changed) or :class:`EnginePanic`."""
+        self._check_usable()
+        plan = gate.plan(update, self._clocks)
+        if (plan.held is not None and not self._loading
+                and self._waiting_bytes + len(plan.held) > self.max_waiting_bytes):
+            raise InvalidUpdate(f"it depends on changes this server does not have, and "
+                                f"{self._waiting_bytes} bytes already wait for theirs", "waiting")
+        result = Applied(waiting=plan.held is not None)
+        if plan.ready is not None:
+            self._check_parents(plan)
+            result.update = self._apply_ready(plan)
+        if plan.held is not None:
+            self._waiting.append(_Waiting(plan.held, origin, plan.waits_for))
+            self._waiting_bytes += len(plan.held)
+        if plan.clocks and len(self._waiting) > int(plan.held is not None):
+            result.released = self._release()
+        return result
+
     def apply(self, update: bytes) -> bytes | None:
-        """Apply a remote update. Returns the update the engine produced from it (what actually
-        changed, re-encoded by the engine), or None when the input changed nothing: a duplicate,
-        or structs still waiting for ones they depend on."""
+        """:meth:`integrate` for callers that need no origins: everything it changed, as one
+        update, or None when it changed nothing."""
+        applied = self.integrate(update)
+        changes = ([applied.update] if applied.update is not None else []) + [
+            change.update for change in applied.released]
+        if not changes:
+            return None
+        return changes[0] if len(changes) == 1 else merge(changes)
+
+    def load(self, updates: Iterable[bytes]) -> list[InvalidUpdate]:
+        """Apply stored updates without producing anything: while observed, the engine encodes
+        what each transaction changed, which would triple the time to load a large document.
+        Returns the errors of updates refused (the others are applied, or wait unbounded).
+        Raises :class:`EnginePanic` if the engine failed."""
+        self._check_usable()
+        self._doc.unobserve(self._subscription)
+        self._loading = True
+        errors = []
+        try:
+            for update in updates:
+                try:
+                    self.integrate(update, "stored")
+                except InvalidUpdate as exc:
+                    errors.append(exc)
+        finally:
+            self._loading = False
+            self._subscription = self._doc.observe(self._on_transaction)
+        self._verify_clocks()
+        return errors
+
+    def _apply_ready(self, plan: gate.Plan) -> bytes | None:
+        assert plan.ready is not None
         self._produced.clear()
         try:
-            self._doc.apply_update(update)
-        except Exception as exc:  # the bindings raise ValueError and panics as other types
-            raise InvalidUpdate(str(exc) or type(exc).__name__) from exc
+            self._doc.apply_update(plan.ready)
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:
+            raise self._mark_damaged(_panic("applying an update", exc)) from exc
+        finally:
+            produced, self._produced = self._produced, []
+        self._clocks.update(plan.clocks)
+        self._types |= plan.type_ids
+        if self._loading:
+            return None
+        produced = [u for u in produced if u != EMPTY_UPDATE]
+        if not produced:
+            if plan.clocks:  # the engine took structs in without reporting them: never again
+                raise self._mark_damaged(EnginePanic(
+                    "the engine integrated an update but reported no change"))
+            return None
+        return produced[0] if len(produced) == 1 else merge(produced)
+
+    def _release(self) -> list[Change]:
+        """Integrate what was waiting and no longer has to, until nothing more moves."""
+        released: list[Change] = []
+        moved = True
+        while moved and self._waiting:
+            moved = False
+            for entry in list(self._waiting):
+                clocks = self._clocks
+                if not any(clocks.get(client, 0) > clock for client, clock in entry.waits_for):
+                    continue
+                self._waiting.remove(entry)
+                self._waiting_bytes -= len(entry.update)
+                try:
+                    plan = gate.plan(entry.update, clocks)
+                    if plan.ready is not None:
+                        self._check_parents(plan)
+                except InvalidUpdate:
+                    continue  # it can never be integrated; its sender resends what it has
+                if plan.ready is not None:
+                    produced = self._apply_ready(plan)
+                    if produced is not None:
+                        released.append(Change(produced, entry.origin))
+                    moved = moved or bool(plan.clocks)
+                if plan.held is not None:
+                    self._waiting.append(_Waiting(plan.held, entry.origin, plan.waits_for))
+                    self._waiting_bytes += len(plan.held)
+        return released
+
+    def _check_parents(self, plan: gate.Plan) -> None:
+        """An item may name only a shared type as its parent; the engine refuses any other
+        only after integrating what came before it. A parent the document holds but that was
+        never seen as a type (one deleted and collected before this document was loaded) is
+        settled by a trial on a copy, which costs a full encoding but is rare."""
+        suspicious = [ref for ref in plan.parent_refs
+                      if ref not in self._types and ref not in plan.type_ids
+                      and ref[1] < self._clocks.get(ref[0], 0)]
+        if not suspicious:
+            return
+        trial = pycrdt.Doc()
+        try:
+            trial.apply_update(self._doc.get_update())
+            trial.apply_update(plan.ready)
+        except _PASS_THROUGH:
+            raise
+        except BaseException:
+            raise InvalidUpdate(f"parent {suspicious[0][0]}:{suspicious[0][1]} is not a "
+                                f"shared type", "reference") from None
+
+    # --- the engine's other calls ---------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._damaged is not None:
+            raise self._damaged
+
+    def _mark_damaged(self, panic: EnginePanic) -> EnginePanic:
+        self._damaged = panic
+        return panic
+
+    def _call(self, action: str, call: Callable[..., T], *args: object) -> T:
+        """Run an engine call that reads the document; any failure of it is a panic."""
+        self._check_usable()
+        try:
+            return call(*args)
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:
+            raise self._mark_damaged(_panic(action, exc)) from exc
+
+    def _verify_clocks(self) -> None:
+        """The engine's state vector must be what this document expects; otherwise it holds
+        structs it did not integrate, and would encode them for new joiners."""
+        engine = gate.decode_state_vector(self._call("encoding a state vector", self._doc.get_state))
+        if engine != {client: clock for client, clock in self._clocks.items() if clock}:
+            raise self._mark_damaged(EnginePanic("the engine's state vector differs from what "
+                                                 "it was given"))
+
+    @property
+    def waiting(self) -> int:
+        """How many updates (or parts of one) wait for changes this document does not have."""
+        return len(self._waiting)
+
+    @property
+    def waiting_bytes(self) -> int:
+        return self._waiting_bytes
+
+    @property
+    def damaged(self) -> bool:
+        return self._damaged is not None
+
+    def state_vector(self) -> bytes:
+        return self._call("encoding a state vector", self._doc.get_state)
+
+    def clocks(self) -> dict[int, int]:
+        """The state vector, decoded."""
+        return dict(self._clocks)
+
+    def covers(self, update: bytes) -> bool:
+        """True when every struct in ``update`` is already integrated here (deletions are
+        not compared: they never advance a state vector). Raises :class:`InvalidUpdate`."""
+        info = gate.inspect(update)
+        return all(self._clocks.get(client, 0) >= end for client, (_start, end) in info.clocks.items())
+
+    def diff(self, state_vector: bytes) -> bytes:
+        """Everything this document has that a peer with ``state_vector`` lacks."""
+        gate.check_state_vector(state_vector)
+        return self._call("encoding a diff", self._doc.get_update, state_vector)
+
+    def full_state(self) -> bytes:
+        return self._call("encoding the document", self._doc.get_update)
+
+    def text(self, field: str = TEXT_FIELD) -> str:
+        """The text of a shared text field ("" if the field is absent or of another type)."""
+        self._check_usable()
+        try:
+            return str(self._doc.get(field, type=pycrdt.Text))
+        except _PASS_THROUGH:
+            raise
+        except Exception:
+            return ""
+        except BaseException as exc:
+            raise self._mark_damaged(_panic("reading the text", exc)) from exc
+
+    def edit_text(self, index: int, insert: str = "", delete: int = 0,
+                  field: str = TEXT_FIELD) -> bytes | None:
+        """A local edit (used by tools and tests); returns the update it produced."""
+        self._check_usable()
+        self._produced.clear()
+        try:
+            text = self._doc.get(field, type=pycrdt.Text)
+            with self._doc.transaction():
+                if delete:
+                    del text[index:index + delete]
+                if insert:
+                    text.insert(index, insert)
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:
+            raise self._mark_damaged(_panic("editing the text", exc)) from exc
         finally:
             produced, self._produced = self._produced, []
         produced = [u for u in produced if u != EMPTY_UPDATE]
         if not produced:
             return None
-        return produced[0] if len(produced) == 1 else merge(produced)
-
-    def load(self, updates: Iterable[bytes]) -> list[InvalidUpdate]:
-        """Apply stored updates without producing anything: while observed, the engine encodes
-        what each transaction changed, which would triple the time to load a large document.
-        Returns the errors of updates it refused (the others are applied)."""
-        self._doc.unobserve(self._subscription)
-        errors = []
-        try:
-            for update in updates:
-                try:
-                    self._doc.apply_update(update)
-                except Exception as exc:
-                    errors.append(InvalidUpdate(str(exc) or type(exc).__name__))
-        finally:
-            self._subscription = self._doc.observe(self._on_transaction)
-        return errors
-
-    def state_vector(self) -> bytes:
-        return self._doc.get_state()
-
-    def covers(self, update: bytes) -> bool:
-        """True when every struct in ``update`` is already integrated here (deletions are
-        not compared: they never advance a state vector)."""
-        mine = decode_state_vector(self.state_vector())
-        theirs = decode_state_vector(state_vector_of(update))
-        return all(mine.get(client, 0) >= clock for client, clock in theirs.items())
-
-    def diff(self, state_vector: bytes) -> bytes:
-        """Everything this document has that a peer with ``state_vector`` lacks."""
-        try:
-            return self._doc.get_update(state_vector)
-        except Exception as exc:
-            raise InvalidUpdate(f"bad state vector: {exc}") from exc
-
-    def full_state(self) -> bytes:
-        return self._doc.get_update()
-
-    def text(self, field: str = TEXT_FIELD) -> str:
-        """The text of a shared text field ("" if the field is absent or of another type)."""
-        try:
-            return str(self._doc.get(field, type=pycrdt.Text))
-        except Exception:
-            return ""
-
-    def edit_text(self, index: int, insert: str = "", delete: int = 0,
-                  field: str = TEXT_FIELD) -> bytes | None:
-        """A local edit (used by tools and tests); returns the update it produced."""
-        text = self._doc.get(field, type=pycrdt.Text)
-        self._produced.clear()
-        with self._doc.transaction():
-            if delete:
-                del text[index:index + delete]
-            if insert:
-                text.insert(index, insert)
-        produced, self._produced = self._produced, []
-        if not produced:
-            return None
-        return produced[0] if len(produced) == 1 else merge(produced)
+        update = produced[0] if len(produced) == 1 else merge(produced)
+        for client, (_start, end) in gate.inspect(update).clocks.items():
+            self._clocks[client] = max(self._clocks.get(client, 0), end)
+        return update
 
 
 def merge(updates: Iterable[bytes]) -> bytes:
-    """Merge updates into one, without a document."""
+    """Merge updates into one, without a document (each is checked by the gate first)."""
     updates = list(updates)
     if not updates:
         return EMPTY_UPDATE
+    for update in updates:
+        gate.check_update(update)
     try:
         return pycrdt.merge_updates(*updates)
-    except Exception as exc:
-        raise InvalidUpdate(f"cannot merge: {exc}") from exc
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:  # no document to damage: the inputs are refused
+        raise InvalidUpdate(f"cannot merge: {type(exc).__name__}: {exc}", "engine") from exc
 
 
 def state_vector_of(update: bytes) -> bytes:
+    """The state vector an update would give an empty document (clients from clock 0 only,
+    up to the first gap), as the engine computes it."""
+    gate.check_update(update)
     try:
         return pycrdt.get_state(update)
-    except Exception as exc:
-        raise InvalidUpdate(str(exc)) from exc
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:
+        raise InvalidUpdate(f"{type(exc).__name__}: {exc}", "engine") from exc
 
 
 def document_from(updates: Iterable[bytes]) -> Document:
@@ -140,7 +364,7 @@ def contains_all(candidate: bytes, parts: Iterable[bytes]) -> bool:
     """True when the document ``candidate`` already holds everything in ``parts``: applying any
     part to it changes nothing. Compaction checks this before it deletes the parts. (A part
     still waiting for a dependency changes nothing either: merging keeps such parts.)"""
-    doc = Document()
+    doc = Document(max_waiting_bytes=sys.maxsize)
     if doc.load([candidate]):
         return False
     return all(doc.apply(part) is None for part in parts)
@@ -148,13 +372,4 @@ def contains_all(candidate: bytes, parts: Iterable[bytes]) -> bool:
 
 def decode_state_vector(state_vector: bytes) -> dict[int, int]:
     """client id -> clock. Raises InvalidUpdate on malformed input."""
-    try:
-        count, pos = read_var_uint(state_vector, 0)
-        clocks = {}
-        for _ in range(count):
-            client, pos = read_var_uint(state_vector, pos)
-            clock, pos = read_var_uint(state_vector, pos)
-            clocks[client] = clock
-        return clocks
-    except ProtocolError as exc:
-        raise InvalidUpdate(f"bad state vector: {exc}") from exc
+    return gate.decode_state_vector(state_vector)
