@@ -150,7 +150,8 @@ class Collab:
         return {"admission": dataclasses.asdict(self.admission.stats),
                 "rooms": dataclasses.asdict(self.rooms.stats),
                 "websocket": dataclasses.asdict(self.sockets.stats),
-                "requests": dataclasses.asdict(self.guard.stats)}
+                "requests": dataclasses.asdict(self.guard.stats),
+                "gate": dataclasses.asdict(self.rooms.refusals)}
 
     async def start(self) -> None:
         try:

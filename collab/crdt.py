@@ -115,7 +115,10 @@ class Document:
         result = Applied(waiting=plan.held is not None)
         if plan.ready is not None:
             self._check_parents(plan)
-            result.update = self._apply_ready(plan)
+            if plan.slices is not None and not self._loading:
+                result.update = self._apply_slices(plan)
+            else:
+                result.update = self._apply_ready(plan)
         if plan.held is not None:
             self._waiting.append(_Waiting(plan.held, origin, plan.waits_for))
             self._waiting_bytes += len(plan.held)
@@ -177,21 +180,52 @@ class Document:
             return None
         return produced[0] if len(produced) == 1 else merge(produced)
 
-    def _release(self) -> list[Change]:
-        """Integrate what was waiting and no longer has to, until nothing more moves."""
+    def _apply_slices(self, plan: gate.Plan) -> bytes | None:
+        """Integrate a large update a slice at a time (see :data:`gate.SLICE`). A slice's
+        structs that depend on a later slice are held by the engine until it comes; by the last
+        one the engine must hold nothing back (checked against what the gate planned)."""
+        assert plan.slices is not None
+        produced: list[bytes] = []
+        for part in plan.slices:
+            self._produced.clear()
+            try:
+                self._doc.apply_update(part)
+            except _PASS_THROUGH:
+                raise
+            except BaseException as exc:
+                raise self._mark_damaged(_panic("applying an update", exc)) from exc
+            finally:
+                parts, self._produced = self._produced, []
+            produced.extend(u for u in parts if u != EMPTY_UPDATE)
+        engine = gate.decode_state_vector(self._call("encoding a state vector", self._doc.get_state))
+        if any(engine.get(client, 0) != clock for client, clock in plan.clocks.items()):
+            raise self._mark_damaged(EnginePanic("the engine did not integrate every slice of "
+                                                 "an update that could be integrated whole"))
+        self._clocks.update(plan.clocks)
+        self._types |= plan.type_ids
+        if not produced:
+            return None
+        return produced[0] if len(produced) == 1 else _merge_produced(produced)
+
+    def _release(self, waiting: list[_Waiting] | None = None) -> list[Change]:
+        """Integrate what was waiting (in ``waiting``, else the document's own list) and no
+        longer has to, until nothing more moves."""
+        entries = self._waiting if waiting is None else waiting
+        counted = waiting is None
         released: list[Change] = []
         moved = True
-        while moved and self._waiting:
+        while moved and entries:
             moved = False
-            for entry in list(self._waiting):
+            for entry in list(entries):
                 clocks = self._clocks
                 if not any(clocks.get(client, 0) > clock for client, clock in entry.waits_for):
                     continue
-                self._waiting.remove(entry)
-                self._waiting_bytes -= len(entry.update)
+                entries.remove(entry)
+                if counted:
+                    self._waiting_bytes -= len(entry.update)
                 try:
                     plan = gate.plan(entry.update, clocks)
-                    if plan.ready is not None:
+                    if plan.ready is not None and counted:
                         self._check_parents(plan)
                 except InvalidUpdate:
                     continue  # it can never be integrated; its sender resends what it has
@@ -201,8 +235,9 @@ class Document:
                         released.append(Change(produced, entry.origin))
                     moved = moved or bool(plan.clocks)
                 if plan.held is not None:
-                    self._waiting.append(_Waiting(plan.held, entry.origin, plan.waits_for))
-                    self._waiting_bytes += len(plan.held)
+                    entries.append(_Waiting(plan.held, entry.origin, plan.waits_for))
+                    if counted:
+                        self._waiting_bytes += len(plan.held)
         return released
 
     def _check_parents(self, plan: gate.Plan) -> None:
@@ -324,6 +359,16 @@ class Document:
         for client, (_start, end) in gate.inspect(update).clocks.items():
             self._clocks[client] = max(self._clocks.get(client, 0), end)
         return update
+
+
+def _merge_produced(updates: list[bytes]) -> bytes:
+    """Merge what the engine itself produced (no gate: the engine's own output)."""
+    try:
+        return pycrdt.merge_updates(*updates)
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:
+        raise EnginePanic(f"the engine failed while merging its own updates: {exc}") from exc
 
 
 def merge(updates: Iterable[bytes]) -> bytes:

@@ -29,7 +29,7 @@ import json
 import re
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAX_CLOCK = 2**30
 """Exclusive bound on every clock and clock + length. A client's clock counts what that one
@@ -37,6 +37,11 @@ client inserted in one session; Yrs keeps clocks in 32 bits and subtracts them a
 
 MAX_CLIENT = 2**53 - 1
 """Client ids are JavaScript numbers (Yjs draws 32-bit ones; Yrs 53-bit ones)."""
+
+SLICE = 1000
+"""Structs the engine is given in one transaction at most: it integrates a run of items that
+each follow the one before in time and memory quadratic in the run (20,000 one-character items
+in one update took 243 MiB; in slices of 1,000, nothing measurable)."""
 
 MAX_DEPTH = 64
 """Nesting of values (Any encoding and JSON text) beyond which an update is refused; the
@@ -64,18 +69,37 @@ _TYPE_REFS = frozenset({0, 1, 2, 3, 4, 6})  # array, map, text, xml element, fra
 @dataclass(slots=True)
 class Refusals:
     """What was refused or held back at the gate, and what the engine did that it should not,
-    since the instance started (rendered by /metrics)."""
+    since the instance started (rendered by /metrics): one counter per refusal reason (see
+    :data:`REASONS`), then the rest."""
 
-    by_reason: dict[str, int] = field(default_factory=dict)
-    """Updates and state vectors refused, by :attr:`InvalidUpdate.reason`."""
+    truncated: int = 0
+    varint: int = 0
+    count: int = 0
+    clock: int = 0
+    length: int = 0
+    content: int = 0
+    unsupported: int = 0
+    utf8: int = 0
+    json: int = 0
+    depth: int = 0
+    reference: int = 0
+    duplicate: int = 0
+    trailing: int = 0
+    flags: int = 0
     waiting: int = 0
+    """Refused because too much already waits for dependencies (see ``held``)."""
+    engine: int = 0
+    held: int = 0
     """Updates part of which had to wait for changes the document did not have yet."""
     engine_panics: int = 0
     rebuilds: int = 0
     """Rooms rebuilt from the store after the engine failed on their document."""
 
-    def count(self, reason: str) -> None:
-        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+    def refused(self, reason: str) -> None:
+        setattr(self, reason, getattr(self, reason) + 1)
+
+    def by_reason(self) -> dict[str, int]:
+        return {reason: getattr(self, reason) for reason in REASONS if getattr(self, reason)}
 
 
 class InvalidUpdate(ValueError):
@@ -97,26 +121,47 @@ def _uint(data: bytes, pos: int) -> tuple[int, int]:
     """A lib0 varuint of at most 8 bytes and 2**53 - 1."""
     try:
         byte = data[pos]
+        if byte < 0x80:
+            return byte, pos + 1
+        value = byte & 0x7F
+        byte = data[pos + 1]
+        if byte < 0x80:
+            return value | byte << 7, pos + 2
+        value |= (byte & 0x7F) << 7
+        shift = 14
+        pos += 2
+        while True:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                if value > _MAX_VAR_UINT:
+                    raise InvalidUpdate("a number past 2**53", "varint")
+                return value, pos
+            shift += 7
+            if shift > 49:
+                raise InvalidUpdate("a number longer than 8 bytes", "varint")
     except IndexError:
         raise _truncated() from None
-    if byte < 0x80:
-        return byte, pos + 1
-    value = byte & 0x7F
-    shift = 7
-    while True:
-        pos += 1
-        try:
-            byte = data[pos]
-        except IndexError:
-            raise _truncated() from None
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if value > _MAX_VAR_UINT:
-                raise InvalidUpdate("a number past 2**53", "varint")
-            return value, pos + 1
-        shift += 7
-        if shift > 49:
-            raise InvalidUpdate("a number longer than 8 bytes", "varint")
+
+
+_CLIENTS: dict[bytes, tuple[int, int]] = {}
+"""Decoded client ids by their first 8 bytes: a document has few clients, and their ids (53-bit
+from Yrs, 32-bit from Yjs) are the longest numbers of every update."""
+
+
+def _client(data: bytes, pos: int) -> tuple[int, int]:
+    """:func:`_uint` for a client id, through :data:`_CLIENTS` (the 8 bytes hold the whole
+    number whenever it is valid, so they decide it)."""
+    key = data[pos:pos + 8]
+    known = _CLIENTS.get(key)
+    if known is not None:
+        return known[0], pos + known[1]
+    value, end = _uint(data, pos)
+    if len(_CLIENTS) >= 4096:
+        _CLIENTS.clear()
+    _CLIENTS[key] = (value, end - pos)
+    return value, end
 
 
 def _int(data: bytes, pos: int) -> int:
@@ -273,6 +318,8 @@ class _Client:
     checkpoints: list[tuple[int, int, int, int, int]] | None
     """(offset, clock, structs before, dependency client, dependency clock): the structs from
     here on need the document to hold ``dependency clock`` of ``dependency client``."""
+    cuts: list[tuple[int, int]] | None = None
+    """(offset, clock) of every :data:`SLICE`-th struct, in a section longer than that."""
 
 
 @dataclass(slots=True)
@@ -304,7 +351,7 @@ def _read(data: bytes, state: Mapping[int, int] | None) -> _Read:
             raise InvalidUpdate("a client section with no structs", "count")
         if structs * 2 > size - pos:
             raise InvalidUpdate(f"{structs} structs declared, {size - pos} bytes left", "count")
-        client, pos = _uint(data, pos)
+        client, pos = _client(data, pos)
         if client in seen:
             raise InvalidUpdate(f"client {client} appears twice", "duplicate")
         seen.add(client)
@@ -315,8 +362,11 @@ def _read(data: bytes, state: Mapping[int, int] | None) -> _Read:
         if state is not None and clock > known:
             checkpoints = [(pos, clock, 0, client, clock - 1)]  # a gap before this update
         first = pos
+        cuts: list[tuple[int, int]] | None = [] if structs > SLICE else None
         for index in range(structs):
             struct_at = pos
+            if cuts is not None and index and index % SLICE == 0:
+                cuts.append((pos, clock))
             try:
                 info = data[pos]
             except IndexError:
@@ -334,51 +384,76 @@ def _read(data: bytes, state: Mapping[int, int] | None) -> _Read:
                         checkpoints = []
                     checkpoints.append((struct_at, clock, index, client, clock + length - 1))
             else:
-                refs: list[tuple[int, int]] = []
                 if info & _ID_BITS:
                     if info & _HAS_ORIGIN:
-                        ref_client, pos = _uint(data, pos)
+                        ref_client, pos = _client(data, pos)
                         ref_clock, pos = _uint(data, pos)
-                        refs.append((ref_client, ref_clock))
+                        if _missing(client, clock, ref_client, ref_clock, state):
+                            checkpoints = _note(checkpoints, struct_at, clock, index, ref_client, ref_clock)
                     if info & _HAS_RIGHT_ORIGIN:
-                        ref_client, pos = _uint(data, pos)
+                        ref_client, pos = _client(data, pos)
                         ref_clock, pos = _uint(data, pos)
-                        refs.append((ref_client, ref_clock))
+                        if _missing(client, clock, ref_client, ref_clock, state):
+                            checkpoints = _note(checkpoints, struct_at, clock, index, ref_client, ref_clock)
                 else:
                     parent_info, pos = _uint(data, pos)
                     if parent_info == 1:
                         _name, pos = _string(data, pos)
                     elif parent_info == 0:
-                        ref_client, pos = _uint(data, pos)
+                        ref_client, pos = _client(data, pos)
                         ref_clock, pos = _uint(data, pos)
-                        refs.append((ref_client, ref_clock))
                         parent_refs.append((ref_client, ref_clock))
+                        if _missing(client, clock, ref_client, ref_clock, state):
+                            checkpoints = _note(checkpoints, struct_at, clock, index, ref_client, ref_clock)
                     else:
                         raise InvalidUpdate(f"parent kind {parent_info}", "flags")
                     if info & _HAS_PARENT_SUB:
                         _key, pos = _string(data, pos)
-                length, pos = _content(data, pos, kind)
-                if kind == _TYPE:
-                    type_ids.add((client, clock))
-                for ref_client, ref_clock in refs:
-                    _clock(ref_clock)
-                    if ref_client == client:
-                        if ref_clock >= clock:
-                            raise InvalidUpdate(
-                                f"struct {client}:{clock} refers to its own later clock {ref_clock}",
-                                "reference")
-                    elif state is not None and state.get(ref_client, 0) <= ref_clock:
-                        if checkpoints is None:
-                            checkpoints = []
-                        checkpoints.append((struct_at, clock, index, ref_client, ref_clock))
+                if kind == _STRING:  # the common case, inline
+                    start, pos = _bytes(data, pos)
+                    raw = data[start:pos]
+                    try:
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise InvalidUpdate("a string that is not UTF-8", "utf8") from None
+                    # Clocks count UTF-16 code units, as JavaScript strings do.
+                    length = len(text) if len(text) == len(raw) else len(text.encode("utf-16-le")) // 2
+                    if length == 0:
+                        raise InvalidUpdate("an empty string item", "length")
+                else:
+                    length, pos = _content(data, pos, kind)
+                    if kind == _TYPE:
+                        type_ids.add((client, clock))
             clock += length
             if clock >= MAX_CLOCK:
                 raise InvalidUpdate(f"clock {clock} is past {MAX_CLOCK}", "clock")
-        clients.append(_Client(client, header, first, pos, structs, start_clock, clock, checkpoints))
+        clients.append(_Client(client, header, first, pos, structs, start_clock, clock, checkpoints,
+                               cuts))
     delete_set = pos
     deletes_to = _read_delete_set(data, pos)
     _check_parents(clients, type_ids, parent_refs)
     return _Read(clients, delete_set, deletes_to, type_ids, parent_refs)
+
+
+def _missing(client: int, clock: int, ref_client: int, ref_clock: int,
+             state: Mapping[int, int] | None) -> bool:
+    """Check a reference of struct ``client:clock``; True when ``state`` does not hold it."""
+    if ref_clock >= MAX_CLOCK:
+        raise InvalidUpdate(f"clock {ref_clock} is past {MAX_CLOCK}", "clock")
+    if ref_client == client:
+        if ref_clock >= clock:
+            raise InvalidUpdate(f"struct {client}:{clock} refers to its own later clock {ref_clock}",
+                                "reference")
+        return False
+    return state is not None and state.get(ref_client, 0) <= ref_clock
+
+
+def _note(checkpoints: list[tuple[int, int, int, int, int]] | None, offset: int, clock: int,
+          index: int, needs_client: int, needs_clock: int) -> list[tuple[int, int, int, int, int]]:
+    if checkpoints is None:
+        checkpoints = []
+    checkpoints.append((offset, clock, index, needs_client, needs_clock))
+    return checkpoints
 
 
 def _content(data: bytes, pos: int, kind: int) -> tuple[int, int]:
@@ -442,6 +517,8 @@ def _content(data: bytes, pos: int, kind: int) -> tuple[int, int]:
 
 def _read_delete_set(data: bytes, pos: int) -> dict[int, int]:
     size = len(data)
+    if pos == size - 1 and data[pos] == 0:
+        return {}
     count, pos = _uint(data, pos)
     if count * 2 > size - pos:
         raise InvalidUpdate(f"{count} deleting clients declared, {size - pos} bytes left", "count")
@@ -490,6 +567,37 @@ def check_update(update: bytes) -> None:
     _read(update, None)
 
 
+def slices(update: bytes) -> list[bytes]:
+    """``update`` cut at struct boundaries into updates of at most :data:`SLICE` structs (the
+    delete set goes with the last); the update itself when it is that small. The slices are in
+    the update's order, which need not be an order their dependencies allow: the engine holds a
+    slice's structs that depend on a later slice until that one comes."""
+    return _slices(update, _read(update, None))
+
+
+def _slices(update: bytes, read: _Read) -> list[bytes]:
+    if sum(c.count for c in read.clients) <= SLICE:
+        return [update]
+    pieces: list[tuple[int, int, int, int, int]] = []  # client, clock, count, start, end
+    for c in read.clients:
+        bounds = [(c.first, c.clock), *(c.cuts or ()), (c.end, c.end_clock)]
+        for index in range(len(bounds) - 1):
+            (start, clock), (end, _next) = bounds[index], bounds[index + 1]
+            count = min(SLICE, c.count - index * SLICE)
+            pieces.append((c.client, clock, count, start, end))
+    out: list[bytes] = []
+    group: list[bytes] = []
+    structs = 0
+    for client, clock, count, start, end in pieces:
+        if group and structs + count > SLICE:
+            out.append(_write_uint(len(group)) + b"".join(group) + b"\x00")
+            group, structs = [], 0
+        group.append(_write_uint(count) + _write_uint(client) + _write_uint(clock) + update[start:end])
+        structs += count
+    out.append(_write_uint(len(group)) + b"".join(group) + update[read.delete_set:])
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateInfo:
     """What an update holds, as far as the document that receives it cares."""
@@ -507,7 +615,7 @@ def inspect(update: bytes) -> UpdateInfo:
                       frozenset(read.type_ids))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     """How an update meets a document with a given state vector."""
 
@@ -525,6 +633,11 @@ class Plan:
     """Shared types the update creates."""
     parent_refs: tuple[tuple[int, int], ...] = ()
     """Parents the update's items name by id."""
+    structs: int = 0
+    """How many structs the update holds (``ready`` as many or fewer)."""
+    slices: list[bytes] | None = None
+    """``ready`` cut into slices of at most :data:`SLICE` structs, when it is longer than that
+    (see :func:`slices`)."""
 
 
 def plan(update: bytes, state: Mapping[int, int]) -> Plan:
@@ -533,15 +646,28 @@ def plan(update: bytes, state: Mapping[int, int]) -> Plan:
     read = _read(update, state)
     clients = read.clients
     clocks: dict[int, int] = {}
+    if not any(c.checkpoints for c in clients):  # the usual case: everything it needs is there
+        changed = {}
+        for c in clients:
+            if c.end_clock > state.get(c.client, 0):
+                changed[c.client] = clocks[c.client] = c.end_clock
+        if all(end <= clocks.get(client, state.get(client, 0))
+               for client, end in read.deletes_to.items()):
+            structs = sum(c.count for c in clients)
+            return Plan(update if clients or read.deletes_to else None, None, changed, (),
+                        frozenset(read.type_ids), tuple(read.parent_refs), structs,
+                        _slices(update, read) if structs > SLICE else None)
     cut = _simulate(clients, state, clocks)
     ds_cut = any(end > clocks.get(client, state.get(client, 0))
                  for client, end in read.deletes_to.items())
     changed = {client: clock for client, clock in clocks.items() if clock > state.get(client, 0)}
     types = frozenset(read.type_ids)
     refs = tuple(read.parent_refs)
+    structs = sum(c.count for c in clients)
     if not cut and not ds_cut:
-        return Plan(update if clients or read.deletes_to else None, None, changed, (), types, refs)
-    return _split(update, read, state, clocks, cut, changed, types, refs)
+        return Plan(update if clients or read.deletes_to else None, None, changed, (), types, refs,
+                    structs, _slices(update, read) if structs > SLICE else None)
+    return _split(update, read, state, clocks, cut, changed, types, refs, structs)
 
 
 def _simulate(clients: list[_Client], state: Mapping[int, int], clocks: dict[int, int]) -> dict[int, int]:
@@ -589,7 +715,7 @@ def _simulate(clients: list[_Client], state: Mapping[int, int], clocks: dict[int
 
 def _split(update: bytes, read: _Read, state: Mapping[int, int], clocks: dict[int, int],
            cut: dict[int, int], changed: dict[int, int], types: frozenset[tuple[int, int]],
-           refs: tuple[tuple[int, int], ...]) -> Plan:
+           refs: tuple[tuple[int, int], ...], structs: int) -> Plan:
     blocked = [c for c in read.clients if c.checkpoints]
     stops = {blocked[index].client: blocked[index].checkpoints[j]  # type: ignore[index]
              for index, j in cut.items()}
@@ -615,7 +741,8 @@ def _split(update: bytes, read: _Read, state: Mapping[int, int], clocks: dict[in
              if ready_parts or ready_ds != b"\x00" else None)
     held = (_write_uint(len(held_parts)) + b"".join(held_parts) + held_ds
             if held_parts or held_ds != b"\x00" else None)
-    return Plan(ready, held, changed, tuple(waits), types, refs)
+    return Plan(ready, held, changed, tuple(waits), types, refs, structs,
+                slices(ready) if ready is not None and structs > SLICE else None)
 
 
 def _split_delete_set(update: bytes, pos: int, clocks: Mapping[int, int],

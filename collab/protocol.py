@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from collab.gate import MAX_DEPTH, json_depth_within
+
 MSG_SYNC = 0
 MSG_AWARENESS = 1
 MSG_AUTH = 2
@@ -20,6 +22,13 @@ SYNC_STEP2 = 1
 SYNC_UPDATE = 2
 
 AUTH_PERMISSION_DENIED = 0
+
+MAX_AWARENESS_ENTRIES = 4096
+"""Presence entries one awareness message may carry (a stock client relays every state it
+knows, so a message holds at most one entry per person in the room)."""
+MAX_AWARENESS_STATE_BYTES = 64 * 1024
+"""The JSON text of one presence state, at most (cursors and names take a few hundred bytes)."""
+MAX_AWARENESS_DEPTH = MAX_DEPTH
 
 # lib0 writes JavaScript numbers as varuints; anything past 2**53 cannot come from a real client.
 MAX_VAR_UINT = 2**53 - 1
@@ -233,20 +242,37 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")  # Python accepts NaN/Infinity; JSON.parse does not
 
 
+def _check_state(state: str) -> None:
+    if state == "null":
+        return
+    if not json_depth_within(state, MAX_AWARENESS_DEPTH):
+        raise ProtocolError(f"awareness state nested deeper than {MAX_AWARENESS_DEPTH} levels")
+    try:
+        json.loads(state, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("awareness state is not JSON") from exc
+
+
 def decode_awareness_payload(payload: bytes, *, validate_json: bool = True) -> list[AwarenessEntry]:
     """Decode an awareness update. States are checked to be JSON, since every receiving
-    client calls ``JSON.parse`` on them and one bad state would break all of them."""
+    client calls ``JSON.parse`` on them and one bad state would break all of them. The number
+    of entries, the size of a state and its nesting are bounded before anything is parsed."""
     count, pos = read_var_uint(payload, 0)
+    if count > MAX_AWARENESS_ENTRIES:
+        raise ProtocolError(f"{count} awareness entries; at most {MAX_AWARENESS_ENTRIES} are taken")
+    if count * 3 > len(payload) - pos:  # a client id, a clock and a length each
+        raise ProtocolError(f"{count} awareness entries declared in {len(payload) - pos} bytes")
     entries: list[AwarenessEntry] = []
     for _ in range(count):
         client_id, pos = read_var_uint(payload, pos)
         clock, pos = read_var_uint(payload, pos)
+        size, _ = read_var_uint(payload, pos)
+        if size > MAX_AWARENESS_STATE_BYTES:
+            raise ProtocolError(f"an awareness state of {size} bytes; at most "
+                                f"{MAX_AWARENESS_STATE_BYTES} are taken")
         state, pos = read_var_string(payload, pos)
         if validate_json:
-            try:
-                json.loads(state, parse_constant=_reject_constant)
-            except ValueError as exc:
-                raise ProtocolError("awareness state is not JSON") from exc
+            _check_state(state)
         entries.append(AwarenessEntry(client_id, clock, state))
     if pos != len(payload):
         raise ProtocolError("unexpected bytes after the awareness entries")

@@ -34,6 +34,7 @@ from collab import codes, crdt, protocol
 from collab.admission import Access
 from collab.bus import Bus, BusMessage, Kind
 from collab.codes import Refused
+from collab.gate import Refusals
 from collab.history import History
 from collab.protocol import AwarenessEntry
 from collab.store import Store, StoredDocument
@@ -86,6 +87,15 @@ class RoomStats:
     presence_states_too_large: int = 0
     presence_entries_refused: int = 0
     size_measurements: int = 0
+
+
+FROM_CLIENT = "client"
+"""The origin of updates a member of this instance sent: once integrated, they are stored and
+published (an update that had to wait for its dependencies too, whoever let it in)."""
+FROM_ELSEWHERE = "elsewhere"
+"""The origin of updates heard on the bus or read from the store: only broadcast here."""
+
+MAX_QUEUED_DURING_REBUILD = 10_000
 
 
 class Peer(Protocol):
@@ -176,12 +186,13 @@ def _retrieve(future: asyncio.Future[object]) -> None:
 class Room:
     def __init__(self, name: str, store: Store, bus: Bus, *, durable_acks: bool = True,
                  presence_hold: float = PRESENCE_HOLD, limits: RoomLimits | None = None,
-                 stats: RoomStats | None = None) -> None:
+                 stats: RoomStats | None = None, refusals: Refusals | None = None) -> None:
         self.name = name
         self.store = store
         self.bus = bus
         self.durable_acks = durable_acks
         self.presence_hold = presence_hold
+        self.refusals = refusals if refusals is not None else Refusals()
         self.doc = crdt.Document()
         self.members: set[Member] = set()
         self.presence: dict[int, PresenceState] = {}
@@ -203,26 +214,87 @@ class Room:
         self._doc_digest: tuple[int, bytes] | None = None
         self._presence_version = 0
         self._presence_digest: tuple[int, bytes] | None = None
+        self._rebuilding: asyncio.Task[None] | None = None
+        self._queued_during_rebuild: list[BusMessage] = []
 
     # --- loading ----------------------------------------------------------------------------
 
     def load(self, stored: StoredDocument) -> None:
-        """Apply what the store holds; a stored update the engine refuses is skipped, loudly."""
-        for error in self.doc.load(stored.updates):
-            log.error("room %r: skipped a stored update the engine refuses: %s", self.name, error)
+        """Apply what the store holds; a stored update the gate refuses is skipped, loudly.
+        Raises :class:`crdt.EnginePanic` when the engine failed on it."""
+        self.doc = self._loaded_document(stored)
         self.size_bound = sum(len(update) for update in stored.updates)
         self._measured_size = 0
+
+    def _loaded_document(self, stored: StoredDocument) -> crdt.Document:
+        doc = crdt.Document()
+        for error in doc.load(stored.updates):
+            self.refusals.refused(error.reason)
+            log.error("room %r: skipped a stored update the gate refuses: %s", self.name, error)
+        if doc.waiting:
+            log.warning("room %r: %d stored updates wait for changes the store does not have",
+                        self.name, doc.waiting)
+        return doc
 
     async def catch_up(self) -> None:
         """Re-read the store after the bus may have dropped messages; duplicates are no-ops."""
         stored = await self.store.load(self.name)
         for update in stored.updates:
+            if self._rebuilding is not None:
+                return  # the rebuild reads the store itself
             try:
-                produced = self._apply(update)
+                self._integrate_elsewhere(update)
             except crdt.InvalidUpdate:
                 continue
-            if produced is not None:
-                self._broadcast(protocol.encode_sync_update(produced), exclude=None)
+            except crdt.EnginePanic as panic:
+                self._engine_failed(panic)
+                return
+
+    async def ready(self) -> None:
+        """Wait until the room is not being rebuilt (joiners sync only with a sound document)."""
+        while self._rebuilding is not None:
+            await asyncio.shield(self._rebuilding)
+
+    # --- an engine failure ------------------------------------------------------------------
+
+    def _engine_failed(self, panic: crdt.EnginePanic, culprit: Member | None = None) -> None:
+        """The document may be damaged: close every member (they reconnect and resync both
+        ways, so nothing they hold is lost) and rebuild the document from the store. The
+        member whose message failed is told so ("internal error")."""
+        self.refusals.engine_panics += 1
+        if culprit is not None:
+            culprit.peer.close(codes.INTERNAL_ERROR.close, "the server failed on this message")
+        if self._rebuilding is not None:
+            return
+        log.error("room %r: %s; rebuilding the document from the store", self.name, panic)
+        self.refusals.rebuilds += 1
+        for member in list(self.members):
+            if member is not culprit:
+                member.peer.close(codes.TRY_AGAIN.close, "room being rebuilt, reconnect")
+        self._rebuilding = asyncio.get_running_loop().create_task(self._rebuild(),
+                                                                   name=f"rebuild:{self.name}")
+
+    async def _rebuild(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.store.flush()
+                    self.load(await self.store.load(self.name))
+                    break
+                except crdt.EnginePanic as panic:
+                    log.error("room %r: the stored document fails the engine too (%s); it is "
+                              "served empty until a client brings it back", self.name, panic)
+                    self.doc = crdt.Document()
+                    break
+                except Exception as exc:
+                    log.error("room %r: rebuilding from the store failed (%s); retrying", self.name, exc)
+                    await asyncio.sleep(1.0)
+            self._full_step2 = None
+        finally:
+            self._rebuilding = None
+        queued, self._queued_during_rebuild = self._queued_during_rebuild, []
+        for message in queued:
+            self.on_bus_message(message)
 
     # --- members ----------------------------------------------------------------------------
 
@@ -241,7 +313,11 @@ class Room:
             lease.requests += 1
             member.lease = lease
             return member
-        peer.send(protocol.encode_sync_step1(self.doc.state_vector()))
+        try:
+            peer.send(protocol.encode_sync_step1(self.doc.state_vector()))
+        except crdt.EnginePanic as panic:
+            self._engine_failed(panic)
+            return member
         if not member.may_write:
             peer.send(READ_ONLY_FRAME)
         if self.live_presence():
@@ -287,6 +363,12 @@ class Room:
         the client may hold something the server lacks (its first request, or a state vector
         ahead of the server's, when it comes from elsewhere), so the client answers with its
         step 2; a read-only client is told so first, on its first request."""
+        try:
+            self._resume(member, state_vector, since)
+        except crdt.EnginePanic as panic:
+            self._engine_failed(panic, member)
+
+    def _resume(self, member: Member, state_vector: bytes, since: Version | None) -> None:
         member.synced = True
         if since is not None and since.incarnation == self.incarnation:
             missed = self.history.since(since.seq, exclude=member.client_key)
@@ -341,8 +423,21 @@ class Room:
     def receive(self, member: Member, message: protocol.Message) -> None:
         """Handle one decoded client message. Raises :class:`crdt.InvalidUpdate`,
         :class:`protocol.ProtocolError` or :class:`~collab.codes.Refused` (a limit) for input
-        the transport must refuse; refused input changes nothing."""
+        the transport must refuse; refused input changes nothing. An engine failure closes the
+        sender with "internal error" and everyone else while the room is rebuilt."""
+        if self._rebuilding is not None:
+            return  # the member is being closed; it resyncs with the rebuilt document
+        try:
+            self._dispatch(member, message)
+        except crdt.InvalidUpdate as refused:
+            self.refusals.refused(refused.reason)
+            raise
+        except crdt.EnginePanic as panic:
+            self._engine_failed(panic, member)
+
+    def _dispatch(self, member: Member, message: protocol.Message) -> None:
         if isinstance(message, (protocol.SyncUpdate, protocol.SyncStep2)):
+
             if member.may_write:
                 self._receive_update(member, message.update)
             else:  # told at join; resends after a reconnect land here too
@@ -356,13 +451,37 @@ class Room:
             member.peer.send(self._presence_frame())
         # Auth messages from a client carry nothing the server acts on.
 
-    def _apply(self, update: bytes) -> bytes | None:
-        produced = self.doc.apply(update)
-        if produced is not None:
+    def _integrate(self, update: bytes, origin: str) -> crdt.Applied:
+        """Apply an update (the caller broadcasts what it changed, then calls
+        :meth:`_released`)."""
+        applied = self.doc.integrate(update, origin)
+        if applied.update is not None or applied.released:
             self._full_step2 = None
             self._doc_version += 1
-            self.size_bound += len(produced)
-        return produced
+        if applied.update is not None:
+            self.size_bound += len(applied.update)
+        self.size_bound += sum(len(change.update) for change in applied.released)
+        if applied.waiting:
+            self.refusals.held += 1
+        return applied
+
+    def _released(self, applied: crdt.Applied) -> None:
+        """What an update let in of earlier ones that were waiting, after it: broadcast to
+        everyone, and stored and published when a member of this instance sent it."""
+        for change in applied.released:
+            self._broadcast(protocol.encode_sync_update(change.update), exclude=None)
+            if change.origin == FROM_CLIENT:
+                committed = self.store.append(self.name, change.update)
+                committed.add_done_callback(_retrieve)
+                self.bus.publish(self.name, Kind.UPDATE, change.update, durable=committed)
+
+    def _integrate_elsewhere(self, update: bytes) -> None:
+        """An update heard on the bus or read from the store: broadcast what it changed."""
+        applied = self._integrate(update, FROM_ELSEWHERE)
+        if applied.update is not None:
+            self._broadcast(protocol.encode_sync_update(applied.update), exclude=None)
+        self._released(applied)
+
 
     def _check_growth(self, update: bytes) -> None:
         """Refuse (before applying it) an update that could grow the document past its limit.
@@ -399,11 +518,13 @@ class Room:
 
     def _receive_update(self, member: Member, update: bytes) -> None:
         self._check_growth(update)
-        produced = self._apply(update)
+        applied = self._integrate(update, FROM_CLIENT)
+        produced = applied.update
         acks = self.durable_acks and member.wants_acks
         if produced is None:
             if acks and self.doc.covers(update):
                 self._ack(member, self.store.committed(), protocol.encode_sync_update(crdt.merge([update])))
+            self._released(applied)
             return
         self.updates_applied += 1
         frame = protocol.encode_sync_update(produced)
@@ -412,6 +533,7 @@ class Room:
         self.bus.publish(self.name, Kind.UPDATE, produced, durable=committed)
         if acks:
             self._ack(member, committed, frame)
+        self._released(applied)
 
     def _ack(self, member: Member, committed: asyncio.Future[object], frame: bytes) -> None:
         """Echo ``frame`` to ``member`` once ``committed`` resolves, keeping its acks in the
@@ -435,6 +557,9 @@ class Room:
 
     def _receive_awareness(self, member: Member, payload: bytes) -> None:
         entries = self._check_presence(member, protocol.decode_awareness_payload(payload))
+        # Only whoever brought a client's presence may remove it: a stock client relays every
+        # removal it hears (or times out by itself), and a hostile one could remove everybody.
+        entries = [e for e in entries if not e.is_removal or self._owned_by(member, e.client_id)]
         accepted, appeared = self._merge_presence(entries, owner=member.presence_owner)
         # A member owns the clients it brought into the room, not every state it relays (stock
         # clients re-send everything they hear): its leaving removes only those.
@@ -520,17 +645,28 @@ class Room:
 
     def on_bus_message(self, message: BusMessage) -> None:
         """Apply and broadcast locally; never re-published, never stored (the publisher did)."""
+        if self._rebuilding is not None:
+            if len(self._queued_during_rebuild) < MAX_QUEUED_DURING_REBUILD:
+                self._queued_during_rebuild.append(message)
+            return
         try:
             if message.kind is Kind.UPDATE:
-                produced = self._apply(message.payload)
-                if produced is not None:
-                    self._broadcast(protocol.encode_sync_update(produced), exclude=None)
+                self._integrate_elsewhere(message.payload)
             elif message.kind is Kind.AWARENESS:
                 entries = protocol.decode_awareness_payload(message.payload)
                 accepted, _appeared = self._merge_presence(entries, owner=None)
                 self._announce_presence(accepted, publish=False)  # never re-published
-        except (crdt.InvalidUpdate, protocol.ProtocolError) as exc:
+        except crdt.InvalidUpdate as exc:
+            self.refusals.refused(exc.reason)
+            if exc.reason == "waiting":  # too much waits already: read what the store has
+                self.on_bus_gap()
+            else:
+                log.warning("room %r: ignoring a bad bus message: %s", self.name, exc)
+        except protocol.ProtocolError as exc:
             log.warning("room %r: ignoring a bad bus message: %s", self.name, exc)
+        except crdt.EnginePanic as panic:
+            self._engine_failed(panic)
+
 
     def on_bus_unconfirmed(self, update: bytes) -> None:
         """Another instance relayed this update but never confirmed storing it: store it here."""

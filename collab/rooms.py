@@ -7,6 +7,7 @@ import logging
 
 from collab.admission import Access
 from collab.bus import Bus
+from collab.gate import Refusals
 from collab.room import PRESENCE_HOLD, Member, Peer, Room, RoomLimits, RoomStats
 from collab.store import Store
 
@@ -30,6 +31,7 @@ class Rooms:
         self.durable_acks = durable_acks
         self.housekeeping_interval = housekeeping_interval
         self.presence_hold = presence_hold
+        self.refusals = Refusals()
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._evictions: dict[str, asyncio.Task[None]] = {}
@@ -44,6 +46,7 @@ class Rooms:
                    client_key: str | None = None) -> Member:
         """Join the room ``name`` (loading it if need be); see :meth:`Room.join`."""
         room = await self.get(name)
+        await room.ready()
         eviction = self._evictions.pop(name, None)
         if eviction is not None:
             eviction.cancel()
@@ -76,7 +79,8 @@ class Rooms:
 
     async def _load(self, name: str) -> Room:
         room = Room(name, self.store, self.bus, durable_acks=self.durable_acks,
-                    presence_hold=self.presence_hold, limits=self.limits, stats=self.stats)
+                    presence_hold=self.presence_hold, limits=self.limits, stats=self.stats,
+                    refusals=self.refusals)
         await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap, room.on_bus_unconfirmed)
         try:
             room.load(await self.store.load(name))

@@ -383,3 +383,23 @@ def test_mutated_yjs_updates_are_refused_or_integrated_whole(seed: int, base: li
         return
     assert gate.decode_state_vector(doc.state_vector()) == doc.clocks()
     gate.check_update(doc.full_state())
+
+
+def test_a_large_update_goes_in_slices_whatever_order_its_clients_come_in() -> None:
+    import pycrdt
+
+    first = b"\x04" + uint(1) + string("text") + string("a")
+    chain = [b"\x84" + uint(1) + uint(i) + string("b") for i in range(2500)]  # each after the last
+    others = [b"\x84" + uint(1) + uint(2500) + string("c")] + [
+        b"\x84" + uint(2) + uint(i) + string("d") for i in range(1499)]  # all after client 1's end
+    update = uint(2) + (uint(1500) + uint(2) + uint(0) + b"".join(others)) + (
+        uint(2501) + uint(1) + uint(0) + first + b"".join(chain)) + b"\x00"
+    assert len(gate.slices(update)) == 5  # 1000 + 500, then 1000 + 1000 + 501 structs
+    doc = crdt.Document()
+    applied = doc.integrate(update)
+    assert applied.update is not None and doc.waiting == 0
+    assert doc.clocks() == {1: 2501, 2: 1500}
+    reference = pycrdt.Doc()
+    reference.apply_update(update)
+    assert doc.text() == str(reference.get("text", type=pycrdt.Text))
+    assert crdt.document_from([applied.update]).text() == doc.text()

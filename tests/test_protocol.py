@@ -3,10 +3,18 @@ JavaScript vectors (test_protocol_vectors.py) do not reach."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import random
+import time
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collab import protocol
 from collab.protocol import AwarenessEntry, ProtocolError
+from tests.test_protocol_vectors import VECTORS
 
 MESSAGES: list[protocol.Message] = [
     protocol.SyncStep1(b"\x00"),
@@ -102,3 +110,82 @@ def test_awareness_payload_with_more_entries_declared_than_present() -> None:
         protocol.decode_awareness_payload(b"\xff\xff\xff\xff\x0f" + payload[1:])
     with pytest.raises(ProtocolError):
         protocol.decode_awareness_payload(payload + b"\x00")
+
+
+# --- hostile input: bounds before allocation, and only the documented error -----------------
+
+
+
+
+FRAMES = [bytes.fromhex(v["hex"]) for v in VECTORS["messages"] + VECTORS["awareness"]]
+
+
+def decode_everything(raw: bytes) -> None:
+    message = protocol.decode_message(raw)
+    if isinstance(message, protocol.AwarenessUpdate):
+        protocol.decode_awareness_payload(message.payload)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_protocol_errors(raw: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_everything(raw)
+    with contextlib.suppress(ProtocolError):
+        protocol.decode_awareness_payload(raw)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 2**32), st.sampled_from(FRAMES))
+def test_mutated_real_frames_raise_only_protocol_errors(seed: int, frame: bytes) -> None:
+    rng = random.Random(seed)
+    data = bytearray(frame)
+    for _ in range(rng.randint(1, 4)):
+        if data and rng.random() < 0.6:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        else:
+            data.insert(rng.randrange(len(data) + 1), rng.choice([0x00, 0x7F, 0x80, 0xFF]))
+    with contextlib.suppress(ProtocolError):
+        decode_everything(bytes(data))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda children: st.lists(children, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), children, max_size=3), max_leaves=20))
+def test_any_presence_a_stock_client_sends_is_taken(state: object) -> None:
+    text = json.dumps(state)
+    entries = [AwarenessEntry(7, 3, text)]
+    assert protocol.decode_awareness_payload(protocol.encode_awareness_payload(entries)) == entries
+
+
+def test_a_flood_of_null_entries_is_refused_before_it_is_read() -> None:
+    flood = protocol.write_var_uint(1_500_000) + (b"\x01\x01" + protocol.write_var_string("null")) * 100
+    started = time.perf_counter()
+    with pytest.raises(ProtocolError, match="at most"):
+        protocol.decode_awareness_payload(flood)
+    assert time.perf_counter() - started < 0.05  # nothing was read entry by entry
+    many = [AwarenessEntry(i, 1, "null") for i in range(protocol.MAX_AWARENESS_ENTRIES + 1)]
+    with pytest.raises(ProtocolError, match="at most"):
+        protocol.decode_awareness_payload(protocol.encode_awareness_payload(many))
+
+
+def test_more_entries_than_bytes_are_refused() -> None:
+    with pytest.raises(ProtocolError, match="declared"):
+        protocol.decode_awareness_payload(protocol.write_var_uint(1000) + b"\x01\x01\x01")
+
+
+def test_a_large_state_is_refused_before_it_is_decoded() -> None:
+    state = json.dumps({"x": "y" * protocol.MAX_AWARENESS_STATE_BYTES})
+    with pytest.raises(ProtocolError, match="bytes"):
+        protocol.decode_awareness_payload(protocol.encode_awareness_payload([AwarenessEntry(1, 1, state)]))
+
+
+@pytest.mark.parametrize("state", ["[" * 5000 + "]" * 5000, '{"a":' * 5000 + "1" + "}" * 5000,
+                                   "[" * 65 + "]" * 65])
+def test_deep_json_is_refused_without_recursion(state: str) -> None:
+    payload = protocol.encode_awareness_payload([AwarenessEntry(1, 1, state)])
+    with pytest.raises(ProtocolError, match="deeper"):
+        protocol.decode_awareness_payload(payload)
+    shallow = "[" * protocol.MAX_AWARENESS_DEPTH + "]" * protocol.MAX_AWARENESS_DEPTH
+    protocol.decode_awareness_payload(protocol.encode_awareness_payload([AwarenessEntry(1, 1, shallow)]))

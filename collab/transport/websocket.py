@@ -146,6 +146,8 @@ class WebSocketPeer:
     def close(self, code: int, reason: str) -> None:
         if self.close_request is None:
             self.close_request = (code, close_reason(reason))
+            if asyncio.current_task() is not self.reader_task:
+                self.reader_task.cancel()  # it may wait for a message that never comes
 
     async def _drain(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
         """Finish the send that had to wait, then send what queued up behind it."""
@@ -260,10 +262,10 @@ class WebSocketEndpoint:
             member.room.receive(member, protocol.decode_message(data))
         except protocol.ProtocolError as exc:
             self.stats.refused_messages += 1
-            peer.close(codes.BAD_MESSAGE.close, f"malformed message: {exc}")
+            _refuse(member, codes.BAD_MESSAGE.close, f"malformed message: {exc}")
         except crdt.InvalidUpdate as exc:
             self.stats.refused_messages += 1
-            peer.close(codes.INVALID_UPDATE.close, f"invalid Yjs update: {exc}")
+            _refuse(member, codes.INVALID_UPDATE.close, f"invalid Yjs update: {exc}")
         except Refused as refused:
             self.stats.refused_messages += 1
             peer.close(refused.close_code, refused.reason)
@@ -288,6 +290,12 @@ class WebSocketEndpoint:
         for peer in list(self.peers):
             peer.close(code, reason)
             peer.reader_task.cancel()
+
+
+def _refuse(member: Member, code: int, reason: str) -> None:
+    """Close a client for what it sent, with one log line (its input is no server error)."""
+    log.warning("room %r: closed a client with %d: %s", display_name(member.room.name), code, reason)
+    member.peer.close(code, reason)
 
 
 async def _complete(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
