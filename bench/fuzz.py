@@ -32,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from collab.gate import REASONS  # noqa: E402
 from tests import fuzzing  # noqa: E402
 from tests.pyclient import PyClient  # noqa: E402
 from tests.servers import ServerProcess  # noqa: E402
@@ -122,7 +123,8 @@ def table(outcomes: list[dict[str, Any]], ungated: bool) -> str:
     reasons: Counter[str] = Counter()
     for o in outcomes:
         closes.update(o.get("closes", {}))
-        reasons.update((o.get("gate") or {}).get("by_reason", {}))
+        reasons.update({k: v for k, v in (o.get("gate") or {}).items()
+                        if k in REASONS and v})
     def count(key: str) -> int:
         return sum(bool(o[key]) for o in outcomes)
 
