@@ -109,7 +109,9 @@ class Editor:
             self.page.wait_for_function("(want) => window.collab.view.state.doc.toString() === want",
                                         arg=expected, timeout=timeout)
         except Exception as exc:
-            raise AssertionError(f"{self.label}: text is {self.text()!r}, expected {expected!r}") from exc
+            status = self.page.evaluate("() => JSON.stringify(window.collab.provider.status)")
+            raise AssertionError(f"{self.label}: text is {self.text()!r}, expected {expected!r} "
+                                 f"(connection {status})") from exc
 
     def wait_saved(self, timeout: int = SYNC_TIMEOUT_MS) -> None:
         self.page.wait_for_selector('#saved[data-state="saved"]', timeout=timeout)
