@@ -6,7 +6,8 @@ Each case builds one message of about 1 MiB, the worst shapes we know for its ki
 it to the room's decoders in a fresh process (the gate and the engine for updates, the protocol
 decoder for presence); the peak resident memory it added, divided by the message's size, is the
 multiple. The frames from the reproductions (a 10-byte step 1 and a 38-byte update that made the
-engine allocate 127 and 511 MiB) are measured the same way.
+engine allocate 127 and 511 MiB) are measured the same way, and so is the CPU it took to read
+and integrate each (the time it holds the event loop).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +101,7 @@ def measure(case: str, path: Path) -> dict[str, object]:
     doc.integrate(b"\x00\x00")
     resident = _resident()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    started = time.process_time()
     outcome = "accepted"
     try:
         if case.startswith("presence"):
@@ -111,10 +114,11 @@ def measure(case: str, path: Path) -> dict[str, object]:
                 outcome = "waits"
     except (gate.InvalidUpdate, protocol.ProtocolError) as exc:
         outcome = f"refused ({exc})"[:60]
+    seconds = time.process_time() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     added = max(peak - before, _resident() - resident)
     return {"case": case, "bytes": len(message), "outcome": outcome, "added_bytes": added,
-            "multiple": round(added / len(message), 1)}
+            "multiple": round(added / len(message), 1), "cpu_seconds": round(seconds, 3)}
 
 
 def _resident() -> int:
@@ -134,12 +138,12 @@ def main() -> None:
             done = subprocess.run([sys.executable, __file__, "--case", case, str(path)],
                                   capture_output=True, text=True, check=True, timeout=300)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print("| message | bytes | outcome | memory added | multiple of the message |")
-    print("|---|---:|---|---:|---:|")
+    print("| message | bytes | outcome | memory added | multiple of the message | CPU to take it |")
+    print("|---|---:|---|---:|---:|---:|")
     for row in rows:
         added = int(row["added_bytes"])  # type: ignore[call-overload]
         print(f"| {row['case']} | {row['bytes']:,} | {row['outcome']} | {added / MIB:.1f} MiB | "
-              f"{row['multiple']} |")
+              f"{row['multiple']} | {row['cpu_seconds']} s |")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from gate_cost import typing_updates  # noqa: E402
 
-from collab import crdt  # noqa: E402
+from collab import crdt  # noqa: E402  (the gated path, for comparison)
 
 WATCHDOG_SECONDS = 1.0
 
@@ -53,11 +53,22 @@ def main() -> None:
     count = 20_000
     base, updates = typing_updates(count)
 
-    doc = crdt.document_from([base])
+    import pycrdt
+
+    doc = pycrdt.Doc()  # the same work as the worker's, here
+    doc.apply_update(base)
+    produced: list[bytes] = []
+    doc.observe(lambda event: produced.append(event.update))
     started = time.process_time()
     for update in updates:
-        doc.apply(update)
+        produced.clear()
+        doc.apply_update(update)
     in_process = (time.process_time() - started) / count * 1e6
+    gated = crdt.document_from([base])
+    started = time.process_time()
+    for update in updates:
+        gated.apply(update)
+    gated_in_process = (time.process_time() - started) / count * 1e6
 
     parent, child = multiprocessing.Pipe()
     worker = multiprocessing.get_context("fork").Process(target=_worker, args=(child, base), daemon=True)
@@ -78,7 +89,8 @@ def main() -> None:
     parent.close()
     worker.join(5)
     isolated = (mine + theirs) / count * 1e6
-    print(f"in-process apply:           {in_process:7.1f} us of CPU per update")
+    print(f"in-process apply:           {in_process:7.1f} us of CPU per update "
+          f"({gated_in_process:.1f} through the gate, as the server applies it)")
     print(f"worker process + watchdog:  {isolated:7.1f} us of CPU per update "
           f"({mine / count * 1e6:.1f} here, {theirs / count * 1e6:.1f} in the worker)")
     print(f"isolation adds:             {isolated - in_process:7.1f} us per update")

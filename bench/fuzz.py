@@ -76,14 +76,16 @@ async def one_server(index: int, args: argparse.Namespace, work: Path) -> dict[s
             server.ws_url, server.http_url, "fuzzed", messages=args.messages, seed=args.seed + index,
             attackers=args.attackers, alive=lambda: process.poll() is None), args.timeout)
     except (asyncio.TimeoutError, AssertionError, OSError) as exc:
+        diverged = isinstance(exc, AssertionError) and str(exc).startswith("text is")
         outcome.update(crashed=process.poll() is not None, exit_code=process.poll(),
-                       hung=process.poll() is None, diverged=None, error=f"{type(exc).__name__}: {exc}",
-                       seconds=round(time.monotonic() - started, 1))
+                       hung=isinstance(exc, asyncio.TimeoutError) and process.poll() is None,
+                       diverged=diverged or None, error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                       gate=refusals(server), seconds=round(time.monotonic() - started, 1))
         server.stop()
         return outcome
     outcome.update(messages=result.messages, connections=result.connections,
                    closes={str(k): v for k, v in sorted(result.closes.items(), key=str)},
-                   liveness_checks=result.liveness_checks,
+                   liveness_checks=result.liveness_checks, slow_liveness=result.slow_liveness,
                    slowest_liveness_ms=round(result.slowest_liveness * 1000, 1),
                    hung=result.liveness_failures > 0 or result.slowest_liveness >= 1.0,
                    crashed=result.crashed is not None, gate=refusals(server),
@@ -116,8 +118,9 @@ def table(outcomes: list[dict[str, Any]], ungated: bool) -> str:
             "|---|---|---|---|---|---|---|"]
     for o in outcomes:
         rows.append(f"| {o['server']} | {o.get('messages', '?')} | {o['crashed']} | {o['hung']} "
-                    f"({o.get('slowest_liveness_ms', '?')} ms) | {o['diverged']} | {o.get('exit_code')} | "
-                    f"{o.get('loaded_after_restart')} |")
+                    f"({o.get('slowest_liveness_ms', '?')} ms; {o.get('slow_liveness', '?')} of "
+                    f"{o.get('liveness_checks', '?')} over 1 s) | {o['diverged']} | {o.get('exit_code')} "
+                    f"| {o.get('loaded_after_restart')} |")
     total = sum(o.get("messages", 0) for o in outcomes)
     closes: Counter[str] = Counter()
     reasons: Counter[str] = Counter()

@@ -120,6 +120,8 @@ class Result:
     closes: Counter[int | None] = field(default_factory=Counter)
     liveness_checks: int = 0
     slowest_liveness: float = 0.0
+    slow_liveness: int = 0
+    """Liveness answers that took a second or more."""
     liveness_failures: int = 0
     crashed: int | None = None
     """The server's exit code, had it exited during the campaign."""
@@ -138,6 +140,7 @@ async def _watch(http_url: str, result: Result, stop: asyncio.Event) -> None:
         try:
             elapsed = await asyncio.to_thread(_liveness, http_url)
             result.slowest_liveness = max(result.slowest_liveness, elapsed)
+            result.slow_liveness += elapsed >= 1.0
         except OSError:
             result.liveness_failures += 1
             result.slowest_liveness = max(result.slowest_liveness, 5.0)
