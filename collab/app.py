@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -21,6 +20,7 @@ from collab import __version__, codes
 from collab.admission import Admission, Authorize, ConnectionLimits, OriginPolicy, open_access
 from collab.bus import Bus, open_bus
 from collab.config import Settings, redact_url
+from collab.metrics import CONTENT_TYPE, Metrics
 from collab.room import RoomLimits
 from collab.rooms import Rooms
 from collab.store import Store, open_store
@@ -99,6 +99,9 @@ class Collab:
 
     def __init__(self, settings: Settings, *, authorize: Authorize | None = None) -> None:
         self.settings = settings
+        self.editor = settings.editor_dir
+        if settings.web_dir is not None and not (settings.web_dir / "index.html").is_file():
+            raise ValueError(f"no built editor in {settings.web_dir} (COLLAB_WEB_DIR): index.html is missing")
         self.store: Store = open_store(settings.store, commit_window=settings.commit_window,
                                        compact_threshold=settings.compact_threshold)
         self.bus: Bus = open_bus(settings.redis, settings.instance_id)
@@ -126,10 +129,45 @@ class Collab:
         )
         self.polls = PollEndpoint(self.rooms, self.admission, PollLimits(
             max_body=settings.max_message_size, timeout=settings.poll_timeout))
-
         self.guard = RequestGuard(timeout=settings.request_timeout, max_head=settings.max_request_head,
                                   max_pending=settings.max_handshakes)
         """Bounds requests before the app sees them; ``collab serve`` installs it in uvicorn."""
+        self.metrics = Metrics()
+        self._register_metrics()
+
+    def _register_metrics(self) -> None:
+        """Every part's counters, and the gauges read from their state, in one registry."""
+        metrics = self.metrics
+        metrics.gauge("collab_info", "this server: version and instance id", lambda: 1,
+                      version=__version__, instance=self.settings.instance_id)
+        metrics.gauge("collab_accepting", "1 while taking new clients", lambda: self.accepting)
+        metrics.gauge("collab_rooms", "documents live on this instance", lambda: len(self.rooms.rooms))
+        metrics.gauge("collab_connections", "clients connected now", lambda: len(self.sockets.peers),
+                      transport="websocket")
+        metrics.gauge("collab_store_open", "1 while the store is open", lambda: self.store.is_open)
+        metrics.gauge("collab_store_unstored_updates", "accepted updates not yet durable",
+                      lambda: self.store.unstored)
+        metrics.gauge("collab_bus_healthy", "1 while the bus reaches the other instances",
+                      lambda: self.bus.healthy)
+        metrics.gauge("collab_bus_subscribed_rooms", "rooms this instance hears from the bus",
+                      lambda: self.bus.gauges().get("subscribed_rooms", 0))
+        metrics.gauge("collab_bus_queued_messages", "frames waiting to be sent on the bus",
+                      lambda: self.bus.gauges().get("queued_messages", 0))
+        metrics.add("collab_", self.sockets.traffic, transport="websocket")
+        metrics.add("collab_websocket_", self.sockets.stats)
+        metrics.add("collab_", self.rooms.stats)
+        metrics.add("collab_admission_", lambda: self.admission.stats)
+        metrics.add("collab_requests_", lambda: self.guard.stats)
+        metrics.add("collab_gate_", lambda: self.rooms.refusals)
+        metrics.add("collab_store_", lambda: self.store.stats)
+        metrics.add("collab_bus_", lambda: self.bus.stats)
+        metrics.add("collab_poll_", self.polls.stats)
+
+    @property
+    def serves(self) -> str:
+        """What this server offers, for people (the start line, the readiness body)."""
+        documents = "documents at /ws/<name>"
+        return f"the editor, {documents}" if self.editor else f"{documents}; no editor (it is not built)"
 
     def on_metrics_listener(self, scope: Scope) -> bool:
         return on_metrics_listener(self.settings, scope)
@@ -145,14 +183,6 @@ class Collab:
                 f"{self.settings.host}: anyone who can reach it may read, overwrite and delete "
                 "every document. Set COLLAB_SECRET and hand out tokens (collab token). !!!")
 
-    def stats(self) -> dict[str, dict[str, int]]:
-        """The counters of admission, the rooms and the transports (for /metrics)."""
-        return {"admission": dataclasses.asdict(self.admission.stats),
-                "rooms": dataclasses.asdict(self.rooms.stats),
-                "websocket": dataclasses.asdict(self.sockets.stats),
-                "requests": dataclasses.asdict(self.guard.stats),
-                "gate": dataclasses.asdict(self.rooms.refusals)}
-
     async def start(self) -> None:
         try:
             await self.store.open()
@@ -166,8 +196,12 @@ class Collab:
         warning = self.open_warning()
         if warning is not None:
             log.warning(warning)
-        log.info("collab %s ready (store %s, bus %s)", __version__, redact_url(self.settings.store),
+        log.info("collab %s ready on http://%s:%d (store %s, bus %s)", __version__,
+                 self.settings.host, self.settings.port, redact_url(self.settings.store),
                  redact_url(self.settings.redis) if self.settings.redis else "local")
+        if self.editor is None:
+            log.warning("no editor to serve: it is not built (run `make web` in a checkout, or "
+                        "install a collab wheel, which ships it); serving documents at /ws/<name> only")
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         """The ASGI lifespan protocol. A failure to start is one line ("cannot open the store
@@ -176,7 +210,7 @@ class Collab:
         try:
             await self.start()
         except Exception as exc:
-            await self._close_quietly()
+            await self.close_quietly()
             await send({"type": "lifespan.startup.failed", "message": f"collab cannot start: {exc}"})
             return
         await send({"type": "lifespan.startup.complete"})
@@ -184,7 +218,7 @@ class Collab:
         await self.stop()
         await send({"type": "lifespan.shutdown.complete"})
 
-    async def _close_quietly(self) -> None:
+    async def close_quietly(self) -> None:
         for part in (self.store, self.bus):
             with contextlib.suppress(Exception):
                 await part.close()
@@ -234,39 +268,29 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize | None 
 
     async def readiness(_request: Request) -> Response:
         if collab.accepting and collab.store.is_open:
-            return PlainTextResponse("ready\n")
+            return PlainTextResponse(f"ready: {collab.serves}\n")
         return PlainTextResponse("not ready\n", status_code=503)
 
     async def metrics(request: Request) -> Response:
         refusal = metrics_refusal(settings, request, collab.open)
         if refusal is not None:
             return refusal
-        rooms = collab.rooms.rooms
-        return JSONResponse({
-            "version": __version__,
-            "instance": settings.instance_id,
-            "accepting": collab.accepting,
-            "rooms": len(rooms),
-            "peers": collab.rooms.member_count,
-            "updates_applied": collab.rooms.updates_applied,
-            "bus_healthy": collab.bus.healthy,
-            "bus": collab.bus.metrics(),
-            "poll": dataclasses.asdict(collab.polls.stats),
-            **collab.stats(),
-        })
+        return Response(collab.metrics.render(), media_type=CONTENT_TYPE)
 
-    index_html = Path(settings.web_dir) / "index.html"
+    web_dir = collab.editor or Path("/nonexistent")
+    index_html = web_dir / "index.html"
 
     async def editor(_request: Request) -> Response:
         """The page: the list of documents at the root, a document at /d/<name> (one HTML file;
         the page tells them apart by its own path, relative to wherever the app is mounted)."""
-        if not index_html.is_file():
+        if collab.editor is None:
             return PlainTextResponse(
-                "The editor is not built. Run `make run` (it builds web/ with npm), or connect a "
-                "Yjs client to /ws/<room>.\n", status_code=503)
+                "This server has no editor: it is not built. Run `make run` in a checkout (it "
+                "builds web/ with npm), or install a collab wheel; any Yjs client can use "
+                "/ws/<name>.\n", status_code=404)
         return FileResponse(index_html, headers={"Cache-Control": "no-cache"})
 
-    service_worker = Path(settings.web_dir) / "sw.js"
+    service_worker = web_dir / "sw.js"
 
     async def worker(_request: Request) -> Response:
         """Served from the root so that it may keep the pages loadable while offline."""
@@ -282,7 +306,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize | None 
         Route("/", editor),
         Route("/d/{name:path}", editor),
         Route("/sw.js", worker),
-        Mount("/assets", AssetFiles(directory=Path(settings.web_dir) / "assets", check_dir=False)),
+        Mount("/assets", AssetFiles(directory=web_dir / "assets", check_dir=False)),
     ]
     app = CollabApp(routes=routes)
     app.state.collab = collab

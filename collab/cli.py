@@ -6,17 +6,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import re
 import signal
+import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from collab import __version__
-from collab.config import Settings, argument_type, redact_url
+from collab.config import Settings, argument_type, boolean, redact_url
 
 if TYPE_CHECKING:
     from collab.store import Store
@@ -31,8 +33,10 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, only: set[str] | No
             continue
         flag = "--" + name.replace("_", "-")
         shown = default if not callable(default) else None
+        # A boolean flag alone means true (--single-instance); it also takes a value.
+        alone = {"nargs": "?", "const": True} if option.parse is boolean else {}
         parser.add_argument(flag, dest=name, default=None, metavar=option.metavar,
-                            type=argument_type(option.parse),
+                            type=argument_type(option.parse), **alone,  # type: ignore[arg-type]
                             help=f"{option.help} [env {option.env}; default {shown}]")
 
 
@@ -42,6 +46,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         return Settings.from_env(**overrides)
     except ValueError as exc:
         raise SystemExit(f"collab: {exc}") from exc
+
+
+def _configure_logging(settings: Settings) -> None:
+    from collab import logs
+
+    logs.configure(settings.log_level, settings.log_format)
+    logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(_RedactTokens())
 
 
 class _DenialNoise(logging.Filter):
@@ -65,13 +78,6 @@ class _RedactTokens(logging.Filter):
         return True
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
-    for name in ("uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).addFilter(_RedactTokens())
-
-
 def _raise_open_files_limit() -> None:
     """A server holds a file descriptor per connection: use all the system allows."""
     try:
@@ -86,40 +92,73 @@ def _raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _metrics_socket(config: Any, address: tuple[str, int]) -> Any:
-    """A listening socket for /metrics, bound like uvicorn binds the main one."""
-    import uvicorn
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """Bind and listen before anything starts, so that a busy port is one clear error."""
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-    metrics_config = uvicorn.Config(config.app, host=address[0], port=address[1])
-    return metrics_config.bind_socket()
+
+def _run(main: Coroutine[Any, Any, T], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None) -> T:
+    if loop_factory is None or sys.version_info < (3, 11):
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main)
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Run the server. Every way it can fail to start is one line on stderr and a non-zero
+    exit: bad settings 2, an address it cannot listen on 4, a part that cannot start 3."""
     import uvicorn
 
     from collab.app import create_app
+    from collab.config import instance_local_store_problem
     from collab.store import UnsupportedStore
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
+    problem = instance_local_store_problem(settings)
+    if problem:
+        print(f"collab: {problem}", file=sys.stderr)
+        return 2
     try:
         app = create_app(settings)
     except (UnsupportedStore, ValueError) as exc:
         print(f"collab: {exc}", file=sys.stderr)
         return 2
     collab = app.state.collab
+    addresses = [(settings.host, settings.port)]
+    if settings.metrics_listen is not None:
+        addresses.append(settings.metrics_listen)
+    sockets: list[socket.socket] = []
+    for host, port in addresses:
+        try:
+            sockets.append(listen(host, port))
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            reason = (exc.strerror or str(exc)).lower()
+            print(f"collab: cannot listen on {host}:{port}: {reason}"
+                  + (" (is another server running there?)" if exc.errno == errno.EADDRINUSE else ""),
+                  file=sys.stderr)
+            return 4
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
         http=collab.guard.protocol, ws="websockets-sansio",
         ws_max_size=settings.max_message_size, ws_per_message_deflate=settings.per_message_deflate,
-        lifespan="on", timeout_graceful_shutdown=5,
+        lifespan="off", timeout_graceful_shutdown=5,
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     _raise_open_files_limit()
-    sockets = None
-    if settings.metrics_listen is not None:
-        sockets = [config.bind_socket(), _metrics_socket(config, settings.metrics_listen)]
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -129,15 +168,28 @@ def serve(args: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()  # a graceful stop exits 0, not by re-raising the signal
 
-    server = Server(config)
-    if sockets is not None:
-        log.info("serving on http://%s:%d, /metrics on http://%s:%d", settings.host, settings.port,
-                 *settings.metrics_listen)  # type: ignore[misc]
-    server.run(sockets=sockets)
-    if not server.started:
-        print("collab: the server did not start (see the log above)", file=sys.stderr)
-        return 3
-    return 0
+    async def main() -> int:
+        # Started here rather than through the ASGI lifespan, so that a part that cannot
+        # start is reported once, by us, and nothing says "stopped" after it.
+        try:
+            await collab.start()
+        except Exception as exc:
+            await collab.close_quietly()
+            print(f"collab cannot start: {exc}", file=sys.stderr)
+            return 3
+        if settings.metrics_listen is not None:
+            log.info("/metrics on http://%s:%d only", *settings.metrics_listen)
+        try:
+            await Server(config).serve(sockets=sockets)
+        finally:
+            await collab.stop()
+        return 0
+
+    try:
+        return _run(main(), config.get_loop_factory())
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class StoreUnavailable(Exception):

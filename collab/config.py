@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STORE = "sqlite:///./data/collab.db"
+PACKAGED_EDITOR = Path(__file__).resolve().parent / "web"
+"""Where wheels and sdists put the built editor (see setup.py)."""
+CHECKOUT_EDITOR = Path(__file__).resolve().parent.parent / "web" / "dist"
+"""Where ``make web`` builds it in a source checkout."""
+INSTANCE_LOCAL_STORES = ("sqlite:", "memory:")
+MANY_INSTANCE_PLATFORMS = {"GAE_INSTANCE": "App Engine", "K_SERVICE": "Cloud Run"}
+"""Variables set by platforms that may run several instances of one service at once."""
 
 
 def redact_url(url: str) -> str:
@@ -22,6 +29,7 @@ def redact_url(url: str) -> str:
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 
 
 def boolean(text: str) -> bool:
@@ -44,6 +52,13 @@ def log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in LOG_LEVELS:
         raise ValueError(f"{text!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return value
+
+
+def log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"{text!r} is not a log format ({', '.join(LOG_FORMATS)})")
     return value
 
 
@@ -164,6 +179,14 @@ class Settings:
     metrics_listen: tuple[str, int] | None = field(default=None, metadata={"option": Option(
         "serve /metrics on this separate HOST:PORT only (not on the public port)",
         "COLLAB_METRICS_LISTEN", listen_address, "HOST:PORT")})
+    log_format: str = field(default="text", metadata={"option": Option(
+        "text for people, or json: one object per line on stderr with severity, message, time "
+        "(and document and connection on lines about a connection), for log platforms",
+        "COLLAB_LOG_FORMAT", log_format, "FORMAT")})
+    single_instance: bool = field(default=False, metadata={"option": Option(
+        "this deployment runs one instance: allow an instance-local store (SQLite, memory) on a "
+        "platform that may run several (App Engine, Cloud Run)", "COLLAB_SINGLE_INSTANCE",
+        boolean, "BOOL")})
     max_message_size: int = field(default=16 * 1024 * 1024, metadata={"option": Option(
         "largest WebSocket message accepted, in bytes; larger ones close the socket with 1009",
         "COLLAB_MAX_MESSAGE_SIZE", positive_int, "BYTES")})
@@ -241,10 +264,21 @@ class Settings:
         "keep the presence of an HTTP fallback client this long after its last request "
         "ended (a live client polls again at once)", "COLLAB_POLL_PRESENCE_HOLD",
         positive_float, "SECONDS")})
-    web_dir: Path = field(default=Path(__file__).resolve().parent.parent / "web" / "dist",
-                          metadata={"option": Option("built editor to serve", "COLLAB_WEB_DIR",
-                                                     Path, "DIR")})
+    web_dir: Path | None = field(default=None, metadata={"option": Option(
+        "directory of a built editor to serve instead of the one shipped with collab (it must "
+        "hold index.html)", "COLLAB_WEB_DIR", Path, "DIR")})
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def editor_dir(self) -> Path | None:
+        """The built editor to serve: ``web_dir``, else the one in the installed package, else
+        the one built in a source checkout; None when there is none."""
+        if self.web_dir is not None:
+            return self.web_dir
+        for candidate in (PACKAGED_EDITOR, CHECKOUT_EDITOR):
+            if (candidate / "index.html").is_file():
+                return candidate
+        return None
 
     @classmethod
     def options(cls) -> list[tuple[str, Option, Any]]:
@@ -270,3 +304,19 @@ class Settings:
                     raise ValueError(f"{option.env}={raw!r}: {exc}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def instance_local_store_problem(settings: Settings, environ: Mapping[str, str] | None = None) -> str | None:
+    """Why this deployment would split documents between instances, or None. On a platform
+    that may run several instances, a store inside each instance (SQLite, memory) gives each
+    its own share of every document (Redis relays live edits, but each instance still stores
+    only what its clients sent), so it is refused unless one instance is declared intended."""
+    environ = os.environ if environ is None else environ
+    platform = next((f"{name} ({variable} is set)" for variable, name in MANY_INSTANCE_PLATFORMS.items()
+                     if environ.get(variable)), None)
+    if platform is None or settings.single_instance or not settings.store.startswith(INSTANCE_LOCAL_STORES):
+        return None
+    return (f"refusing to start: {platform} may run several instances, and the store "
+            f"{redact_url(settings.store)} is local to each, so documents would split between them; "
+            "set COLLAB_STORE to postgresql://... and COLLAB_REDIS_URL to redis://..., or "
+            "COLLAB_SINGLE_INSTANCE=true (--single-instance) if one instance is intended")

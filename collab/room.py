@@ -36,6 +36,7 @@ from collab.bus import Bus, BusMessage, Kind
 from collab.codes import Refused
 from collab.gate import Refusals
 from collab.history import History
+from collab.metrics import Histogram, counter
 from collab.protocol import AwarenessEntry
 from collab.store import Store, StoredDocument
 from collab.version import Version, document_digest, presence_digest
@@ -80,8 +81,12 @@ class RoomLimits:
 
 @dataclass(slots=True)
 class RoomStats:
-    """Counters shared by all rooms of an instance."""
+    """Counters shared by all rooms of an instance (rendered on /metrics)."""
 
+    updates_applied: int = counter("client updates that changed a document")
+    duplicate_updates: int = counter("client updates that changed nothing (already known)")
+    update_apply_seconds: Histogram = field(default_factory=lambda: Histogram(
+        "time for the engine to apply one client update"))
     read_only_updates_dropped: int = 0
     updates_too_large_for_document: int = 0
     presence_states_too_large: int = 0
@@ -200,7 +205,6 @@ class Room:
         self.history = History()
         self.incarnation = os.urandom(8)
         """Names this room's lifetime on this instance in the versions it issues."""
-        self.updates_applied = 0
         self.limits = limits or RoomLimits()
         self.stats = stats or RoomStats()
         self.size_bound = 0
@@ -518,15 +522,18 @@ class Room:
 
     def _receive_update(self, member: Member, update: bytes) -> None:
         self._check_growth(update)
+        started = time.perf_counter()
         applied = self._integrate(update, FROM_CLIENT)
+        self.stats.update_apply_seconds.observe(time.perf_counter() - started)
         produced = applied.update
         acks = self.durable_acks and member.wants_acks
         if produced is None:
+            self.stats.duplicate_updates += 1
             if acks and self.doc.covers(update):
                 self._ack(member, self.store.committed(), protocol.encode_sync_update(crdt.merge([update])))
             self._released(applied)
             return
-        self.updates_applied += 1
+        self.stats.updates_applied += 1
         frame = protocol.encode_sync_update(produced)
         self._broadcast(frame, exclude=member)
         committed = self.store.append(self.name, produced)

@@ -37,7 +37,7 @@ class Rooms:
         self._evictions: dict[str, asyncio.Task[None]] = {}
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
-        self._updates_of_evicted_rooms = 0
+        self.stats = RoomStats()
 
     def start(self) -> None:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="rooms-housekeeping")
@@ -116,7 +116,6 @@ class Rooms:
         if room.members or room.leases or self.rooms.get(room.name) is not room:
             return
         del self.rooms[room.name]
-        self._updates_of_evicted_rooms += room.updates_applied
         leaving = asyncio.create_task(self._unsubscribe_quietly(room.name))
         self._unsubscribing[room.name] = leaving
         try:
@@ -146,11 +145,6 @@ class Rooms:
         await asyncio.gather(*self._evictions.values(), return_exceptions=True)
         if self._housekeeping is not None:
             await asyncio.gather(self._housekeeping, return_exceptions=True)
-
-    @property
-    def updates_applied(self) -> int:
-        """Client updates that changed a document, since this instance started."""
-        return self._updates_of_evicted_rooms + sum(r.updates_applied for r in self.rooms.values())
 
     @property
     def member_count(self) -> int:

@@ -3,17 +3,16 @@ PostgreSQL store); one instance is killed while both people type."""
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.metrics import scrape
 from tests.servers import ROOT, ServerProcess, free_port
 from tests.services import PrivateRedis, fresh_database, private_redis
 from tests.test_browser import (  # noqa: F401
@@ -75,8 +74,7 @@ def balancer_url(instances: list[ServerProcess]) -> Iterator[str]:
 
 
 def peers_on(server: ServerProcess) -> int:
-    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
-        return int(json.load(response)["peers"])
+    return int(scrape(server.http_url).value("collab_connections", transport="websocket"))
 
 
 def test_pages_behind_the_balancer_survive_an_instance_killed(

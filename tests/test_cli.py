@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,15 +38,6 @@ def test_bad_settings_are_refused_with_one_clear_line(args: list[str], env: dict
     assert "Traceback" not in result.stderr
 
 
-def test_a_store_that_cannot_open_stops_the_server_with_one_line(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("not a directory")
-    result = collab("serve", "--port", str(free_port()), "--store",
-                    f"sqlite:///{tmp_path / 'file' / 'collab.db'}")
-    assert result.returncode == 3
-    assert "collab cannot start: cannot open the store" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def test_export_reads_what_the_server_stored(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'docs.db'}"
     server = ServerProcess(store, log_path=tmp_path / "server.log").start()
@@ -67,3 +60,59 @@ def test_export_does_not_create_a_store_that_is_not_there(tmp_path: Path) -> Non
     result = collab("export", "--store", f"sqlite:///{tmp_path / 'typo.db'}")
     assert result.returncode == 1 and "no SQLite store" in result.stderr
     assert not (tmp_path / "typo.db").exists()
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """A start that fails says so once: one line, nothing about being ready or stored."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert not re.search(r"\b(ready|stored)\b", result.stderr)
+    return lines[0]
+
+
+def test_a_busy_port_is_one_line_and_a_non_zero_exit(server: ServerProcess, tmp_path: Path) -> None:
+    result = collab("serve", "--port", str(server.port), "--store", f"sqlite:///{tmp_path / 'b.db'}")
+    assert result.returncode == 4
+    assert one_line(result) == (f"collab: cannot listen on 127.0.0.1:{server.port}: address already "
+                                "in use (is another server running there?)")
+    assert not (tmp_path / "b.db").exists()  # nothing was started
+
+
+def test_a_store_that_cannot_open_is_reported_once(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    result = collab("serve", "--port", str(free_port()), "--store",
+                    f"sqlite:///{tmp_path / 'file' / 'collab.db'}", env={"COLLAB_LOG_LEVEL": "info"})
+    assert result.returncode == 3
+    assert one_line(result).startswith("collab cannot start: cannot open the store")
+
+
+@pytest.mark.parametrize(("env", "args"), [
+    ({"GAE_INSTANCE": "00c61b117c"}, []),
+    ({"GAE_INSTANCE": "00c61b117c"}, ["--store", "memory://"]),
+    ({"GAE_INSTANCE": "00c61b117c", "COLLAB_REDIS_URL": "redis://127.0.0.1:6379"}, []),
+    ({"K_SERVICE": "collab"}, []),
+])
+def test_an_instance_local_store_where_several_instances_may_run_is_refused(
+        env: dict[str, str], args: list[str], tmp_path: Path) -> None:
+    result = collab("serve", "--port", str(free_port()), *args, env=env)
+    assert result.returncode == 2
+    line = one_line(result)
+    assert line.startswith("collab: refusing to start: ") and "--single-instance" in line
+    assert "COLLAB_STORE" in line and "COLLAB_REDIS_URL" in line
+
+
+def test_single_instance_is_an_explicit_yes(tmp_path: Path) -> None:
+    server = ServerProcess(f"sqlite:///{tmp_path / 'one.db'}", args=["--single-instance"],
+                           env={"GAE_INSTANCE": "00c61b117c"}, log_path=tmp_path / "one.log").start()
+    try:
+        with urllib.request.urlopen(server.http_url + "/readiness_check", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        assert server.terminate() == 0
+
+
+def test_an_editor_directory_without_an_editor_is_refused(tmp_path: Path) -> None:
+    result = collab("serve", "--port", str(free_port()), "--store", "memory://", "--web-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert one_line(result) == (f"collab: no built editor in {tmp_path} (COLLAB_WEB_DIR): "
+                                "index.html is missing")

@@ -9,28 +9,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import resource
 import socket
 import statistics
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
 
 from collab import crdt, protocol
+from collab.admission import AdmissionStats
+from collab.room import RoomStats
+from collab.transport.guard import GuardStats
+from collab.transport.websocket import SocketStats
+from tests.metrics import scrape
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
 
 ServerFactory = Callable[..., ServerProcess]
 
 
-def stats(server: ServerProcess) -> dict[str, dict[str, int]]:
-    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
+def stats(server: ServerProcess) -> dict[str, Any]:
+    """The counters of admission, the rooms, the WebSocket transport and the request guard, by
+    field name, read from /metrics."""
+    parsed = scrape(server.http_url)
+    parts = {"admission": (AdmissionStats, "collab_admission_"), "rooms": (RoomStats, "collab_"),
+             "websocket": (SocketStats, "collab_websocket_"), "requests": (GuardStats, "collab_requests_")}
+    counters: dict[str, Any] = {
+        part: {f.name: parsed.value(f"{prefix}{f.name}_total") for f in dataclasses.fields(kind)}
+        for part, (kind, prefix) in parts.items()}
+    counters["peers"] = parsed.value("collab_connections", transport="websocket")
+    return counters
 
 
 def rss_bytes(server: ServerProcess) -> int:

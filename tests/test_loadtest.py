@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable
 
 import pytest
 
 from collab.loadtest import wsclient
+from tests.metrics import scrape
 from tests.servers import ServerProcess
 
 LOADTEST = [sys.executable, "-m", "collab", "loadtest"]
@@ -60,9 +60,9 @@ def test_fanout_over_the_http_fallback_adds_up(server: ServerProcess, url: str) 
     assert report["lost_deliveries"] == 0 and report["connection_errors"] == 0
     assert report["converged"] is True and report["rooms_converged"] == rooms
     assert 0 < report["acks_received"] <= edits
-    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
-        polls = json.load(response)["poll"]
-    assert polls["polls"] >= rooms * clients and polls["sends"] >= 1  # it really used the fallback
+    polls = scrape(server.http_url)
+    assert polls.value("collab_poll_polls_total") >= rooms * clients  # it really used the fallback
+    assert polls.value("collab_poll_sends_total") >= 1
 
 
 def test_transport_options_are_checked(server: ServerProcess) -> None:

@@ -19,6 +19,7 @@ from collab.config import Settings
 from collab.loadtest.http import HttpClient
 from collab.protocol import AwarenessEntry
 from collab.transport.pollwire import VERSION_HEADER, decode_body, encode_body
+from tests.metrics import scrape
 from tests.pollclient import PollClient
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess, free_port
@@ -211,20 +212,13 @@ async def test_a_graceful_stop_answers_parked_polls_at_once(server_factory: Serv
     first = await http.post("/poll/doc?client=abcdefgh&wait=1", step1)
     parked = asyncio.ensure_future(http.post(
         f"/poll/doc?client=abcdefgh&wait=1&version={first.headers[VERSION_HEADER]}", step1))
-    await wait_until(lambda: b'"parked": 1' in _metrics(server), 10)
+    await wait_until(lambda: scrape(server.http_url).value("collab_poll_parked") == 1, 10)
     exit_code = await asyncio.get_running_loop().run_in_executor(None, server.terminate)
     answer = await asyncio.wait_for(parked, 10)
     # Answered by the stopping instance, not cut when the grace period ran out.
     assert answer.status == 503 and b"restarting" in answer.body
     assert exit_code == 0
     http.close()
-
-
-def _metrics(server: ServerProcess) -> bytes:
-    import urllib.request
-
-    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
-        return json.dumps(json.loads(response.read())).encode()
 
 
 # --- read-only access, with an authorizer of a host application -------------------------------

@@ -10,9 +10,7 @@ compaction threshold, so they compact the same documents concurrently while clie
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +22,7 @@ from collab import crdt, protocol
 from collab.store.postgres import PostgresStore
 from tests.balancer import Balancer
 from tests.jsclient import js_clients, need_node
+from tests.metrics import scrape
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
 from tests.services import PrivateRedis, fresh_database, private_redis
@@ -150,14 +149,9 @@ async def direct_text(server: ServerProcess, room: str) -> str:
         await client.close()
 
 
-def metrics(server: ServerProcess) -> dict[str, object]:
-    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as resp:
-        return dict(json.loads(resp.read()))
-
-
 async def bus_healthy(servers: Sequence[ServerProcess]) -> bool:
-    reports = [await asyncio.to_thread(metrics, s) for s in servers]
-    return all(report.get("bus_healthy") for report in reports)
+    reports = [await asyncio.to_thread(scrape, s.http_url) for s in servers]
+    return all(report.value("collab_bus_healthy") == 1 for report in reports)
 
 
 # --- tests --------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from collab.metrics import Histogram, counter
 
 
 class Kind(str, Enum):
@@ -35,7 +37,28 @@ OnUnconfirmed = Callable[[bytes], None]
 """Store this update: its publisher never confirmed storing it (it may have died)."""
 
 
+@dataclass(slots=True)
+class BusStats:
+    """What the bus did since start, for /metrics (all zero for the local bus)."""
+
+    published: int = counter("frames handed to Redis")
+    dropped: int = counter("frames dropped (Redis unreachable or the send queue full); rooms catch up")
+    received: int = counter("frames received from other instances")
+    own: int = counter("own frames heard back and ignored")
+    gaps: int = counter("skipped sequence numbers seen (a room catches up from the store)")
+    reconnects: int = counter("subscriber reconnections to Redis")
+    malformed: int = counter("frames that were not collab bus frames")
+    handed_over: int = counter("relayed updates stored here because their publisher never confirmed")
+    lag_seconds: Histogram = field(default_factory=lambda: Histogram(
+        "time from publishing a frame to Redis taking it"))
+
+
 class Bus(ABC):
+    stats: BusStats
+
+    def __init__(self) -> None:
+        self.stats = BusStats()
+
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect. A bus that cannot connect yet keeps trying in the background."""
 
@@ -60,6 +83,6 @@ class Bus(ABC):
     def healthy(self) -> bool:
         return True
 
-    def metrics(self) -> dict[str, Any]:
-        """Counters for /metrics (published, dropped, gaps, …); none for a local bus."""
+    def gauges(self) -> dict[str, float]:
+        """Current values for /metrics (subscriptions, queued frames); none for a local bus."""
         return {}

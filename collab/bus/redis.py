@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,18 +177,6 @@ class SequenceTracker:
         return previous is not None and seq != previous + 1
 
 
-@dataclass(slots=True)
-class BusStats:
-    published: int = 0
-    dropped: int = 0
-    received: int = 0
-    own: int = 0
-    gaps: int = 0
-    reconnects: int = 0
-    malformed: int = 0
-    handed_over: int = 0
-
-
 # --- the I/O shell ----------------------------------------------------------------------------
 
 
@@ -205,7 +193,7 @@ class RedisBus(Bus):
         self.max_queue_bytes = max_queue_bytes
         self.max_batch = max_batch
         self.max_backoff = max_backoff
-        self.stats = BusStats()
+        super().__init__()
         self._id = instance_id.encode()
         self._prefix = channel_prefix.encode()
         self._pool = ConnectionPool.from_url(
@@ -219,7 +207,7 @@ class RedisBus(Bus):
         self._tracker = SequenceTracker()
         self._seq: dict[str, int] = {}
         self._settling: dict[str | tuple[str, str], asyncio.TimerHandle] = {}
-        self._queue: deque[tuple[str, bytes]] = deque()
+        self._queue: deque[tuple[str, bytes, float]] = deque()
         self._queued_bytes = 0
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -268,9 +256,8 @@ class RedisBus(Bus):
     def healthy(self) -> bool:
         return self._sub_ok and self._pub_ok
 
-    def metrics(self) -> dict[str, Any]:
-        return {"healthy": self.healthy, "rooms": len(self._rooms), "queued": len(self._queue),
-                **dataclasses.asdict(self.stats)}
+    def gauges(self) -> dict[str, float]:
+        return {"subscribed_rooms": len(self._rooms), "queued_messages": len(self._queue)}
 
     # --- the interface ----------------------------------------------------------------------
 
@@ -334,7 +321,7 @@ class RedisBus(Bus):
         if self._closing or not self._pub_ok or self._queued_bytes + len(frame) > self.max_queue_bytes:
             self._drop(room)
             return seq
-        self._queue.append((room, frame))
+        self._queue.append((room, frame, time.perf_counter()))
         self._queued_bytes += len(frame)
         self._wake.set()
         return seq
@@ -357,12 +344,12 @@ class RedisBus(Bus):
         self.stats.dropped += 1
         self._dirty.add(room)
 
-    def _take_batch(self) -> list[tuple[str, bytes]]:
+    def _take_batch(self) -> list[tuple[str, bytes, float]]:
         batch = []
         while self._queue and len(batch) < self.max_batch:
-            room, frame = self._queue.popleft()
-            self._queued_bytes -= len(frame)
-            batch.append((room, frame))
+            entry = self._queue.popleft()
+            self._queued_bytes -= len(entry[1])
+            batch.append(entry)
         return batch
 
     async def _sender(self) -> None:
@@ -384,18 +371,21 @@ class RedisBus(Bus):
                 while self._queue:
                     batch = self._take_batch()
                     try:
-                        await self._command(conn, *(("PUBLISH", self._channel(r), f) for r, f in batch))
+                        await self._command(conn, *(("PUBLISH", self._channel(r), f) for r, f, _ in batch))
                     except BaseException:
-                        for room, _frame in batch:
+                        for room, _frame, _queued_at in batch:
                             self._drop(room)
                         raise
                     self.stats.published += len(batch)
+                    sent_at = time.perf_counter()
+                    for _room, _frame, queued_at in batch:
+                        self.stats.lag_seconds.observe(sent_at - queued_at)
             except _FAILURES as exc:
                 if self._pub_ok:
                     log.warning("Redis bus: publishing failed (%s); dropping until Redis is back", exc)
                 self._pub_ok = False
                 while self._queue:
-                    for room, _frame in self._take_batch():
+                    for room, _frame, _queued_at in self._take_batch():
                         self._drop(room)
                 if conn is not None:
                     await conn.disconnect(nowait=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collab import crdt
+from collab.metrics import Histogram, counter
 
 log = logging.getLogger("collab.store")
 
@@ -55,6 +57,19 @@ class PendingAppend:
     done: asyncio.Future[int]
 
 
+@dataclass(slots=True)
+class StoreStats:
+    """What the store did since start, for /metrics."""
+
+    commits: int = counter("group commits (batches written in one transaction)")
+    committed_updates: int = counter("updates made durable")
+    commit_failures: int = counter("group commits the database refused")
+    commit_seconds: Histogram = field(default_factory=lambda: Histogram("time to write one group commit"))
+    compactions: int = counter("documents whose log was folded into their snapshot")
+    compacted_entries: int = counter("log entries folded into snapshots")
+    compaction_failures: int = counter("compactions that failed (the log is kept)")
+
+
 class StoreClosed(RuntimeError):
     """An append after the store began closing."""
 
@@ -77,6 +92,7 @@ class Store(ABC):
         # rooms crossing the threshold together would otherwise stall the event loop at once.
         self._compactor = ThreadPoolExecutor(1, thread_name_prefix="compactor")
         self.is_open = False
+        self.stats = StoreStats()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -116,6 +132,11 @@ class Store(ABC):
         waiting = [p.done for p in self._inflight] + [p.done for p in self._pending]
         if waiting:
             await asyncio.gather(*waiting, return_exceptions=True)
+
+    @property
+    def unstored(self) -> int:
+        """Accepted updates not yet durable (waiting for or inside a group commit)."""
+        return len(self._pending) + len(self._inflight)
 
     def committed(self) -> asyncio.Future[Any]:
         """A future that resolves once everything appended so far is committed (and fails if
@@ -186,15 +207,20 @@ class Store(ABC):
             self._inflight = []
 
     async def _commit(self, batch: list[PendingAppend]) -> None:
+        started = time.perf_counter()
         try:
             positions = await self._write_batch([(p.name, p.update) for p in batch])
         except Exception as exc:  # the database is down: fail these, keep serving
+            self.stats.commit_failures += 1
             log.error("store commit of %d updates failed: %s", len(batch), exc)
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_exception(exc)
                     pending.done.exception()  # mark retrieved: the clients still hold the data
             return
+        self.stats.commit_seconds.observe(time.perf_counter() - started)
+        self.stats.commits += 1
+        self.stats.committed_updates += len(batch)
         for pending, position in zip(batch, positions, strict=True):
             if not pending.done.done():
                 pending.done.set_result(position)
@@ -211,6 +237,13 @@ class Store(ABC):
         return self.compact_threshold + zlib.crc32(name.encode()) % (self.compact_threshold // 2 + 1)
 
     async def _compact(self, name: str) -> bool:
+        try:
+            return await self._fold(name)
+        except Exception:
+            self.stats.compaction_failures += 1
+            raise
+
+    async def _fold(self, name: str) -> bool:
         part = await self._read_log(name)
         if not part.positions:
             self._since_compaction.pop(name, None)
@@ -219,6 +252,8 @@ class Store(ABC):
         snapshot = await loop.run_in_executor(self._compactor, _merge_verified, part.everything)
         swapped = await self._swap_snapshot(name, part.version, snapshot, part.positions)
         if swapped:
+            self.stats.compactions += 1
+            self.stats.compacted_entries += len(part.positions)
             left = self._since_compaction[name] - len(part.positions)
             if left > 0:
                 self._since_compaction[name] = left

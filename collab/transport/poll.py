@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
 from collab import codes, crdt, protocol
 from collab.admission import Access, AccessRequest, Admission, Refused
+from collab.metrics import counter, gauge, labelled
 from collab.room import Member
 from collab.rooms import Rooms
 from collab.transport import pollwire
@@ -52,12 +53,10 @@ class PollLimits:
 
 @dataclass(slots=True)
 class PollStats:
-    polls: int = 0
-    sends: int = 0
-    parked: int = 0
-    """Polls waiting now."""
-    refused: dict[int, int] = field(default_factory=dict)
-    """Requests answered with an error, by HTTP status."""
+    polls: int = counter("HTTP fallback polls answered")
+    sends: int = counter("HTTP fallback sends taken")
+    parked: int = gauge("HTTP fallback polls waiting now")
+    refused: dict[int, int] = labelled("status", "HTTP fallback requests answered with an error, by status")
 
 
 class Answer(Exception):

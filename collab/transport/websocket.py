@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -22,12 +24,13 @@ from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
 
-from collab import codes, crdt, protocol
+from collab import codes, crdt, logs, protocol
 from collab.admission import Access, AccessRequest, Admission, Refused
 from collab.codes import close_reason
 from collab.limits import TokenBucket
 from collab.room import Member
-from collab.rooms import Rooms
+from collab.rooms import DELETED_REASON, DocumentDeleted, Rooms
+from collab.transport.stats import TransportStats, refusal_reason
 
 log = logging.getLogger("collab.ws")
 
@@ -74,6 +77,10 @@ class Limits:
     """Seconds a client may be held to the rate without a break before it is closed (4429)."""
 
 
+_connection_ids = (f"{os.getpid():x}.{n:x}" for n in itertools.count(1))
+"""Connection ids for logs: unique within the process, short, and ordered."""
+
+
 @dataclass(slots=True)
 class SocketStats:
     """Counters of the WebSocket transport."""
@@ -111,6 +118,9 @@ class WebSocketPeer:
     def send(self, frame: bytes) -> None:
         if self.close_request is not None:
             return
+        traffic = self.endpoint.traffic
+        traffic.messages_sent += 1
+        traffic.sent_bytes += len(frame)
         if self.drain_task is None:
             self._send_now(frame)
             return
@@ -126,7 +136,6 @@ class WebSocketPeer:
             self.endpoint.stats.slow_clients_closed += 1
             self.close(codes.TRY_AGAIN.close, "client too slow: send buffer full, reconnect")
             self.drain_task.cancel()  # it may be stuck in a send the client never reads
-            self.reader_task.cancel()
 
     def _send_now(self, frame: bytes) -> None:
         """Hand the frame to the connection without a task: the ASGI send of a writable socket
@@ -146,8 +155,11 @@ class WebSocketPeer:
     def close(self, code: int, reason: str) -> None:
         if self.close_request is None:
             self.close_request = (code, close_reason(reason))
-            if asyncio.current_task() is not self.reader_task:
-                self.reader_task.cancel()  # it may wait for a message that never comes
+            # Its reader may be waiting for the client to speak: wake it (once: a second
+            # cancellation would interrupt the close frame).
+            reader = self.reader_task
+            if reader is not asyncio.current_task() and not reader.cancelling():
+                reader.cancel()
 
     async def _drain(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
         """Finish the send that had to wait, then send what queued up behind it."""
@@ -186,6 +198,8 @@ class WebSocketEndpoint:
         self.admission = admission
         self.limits = limits
         self.stats = SocketStats()
+        self.traffic = TransportStats()
+        """What every transport counts (rendered with transport="websocket")."""
         self.peers: set[WebSocketPeer] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -195,6 +209,7 @@ class WebSocketEndpoint:
             request = AccessRequest.from_scope(scope, name, "websocket")
             access = await self.admission.admit(request)
         except Refused as refused:
+            self._count_refusal(refusal_reason(refused.status))
             await deny(scope, send, refused)
             return
         try:
@@ -208,8 +223,11 @@ class WebSocketEndpoint:
             return
         await send({"type": "websocket.accept"})
         self.stats.accepted += 1
+        self.traffic.connections_accepted += 1
         task = asyncio.current_task()
         assert task is not None
+        logs.set_connection(display_name(request.document), next(_connection_ids))
+        log.debug("connected (%s)", access.mode)
         peer = WebSocketPeer(send, self, task)
         # The handshake's headers are not read again; a socket that lives for hours should not
         # keep them (about 1 KiB of every idle connection).
@@ -217,6 +235,7 @@ class WebSocketEndpoint:
         self.peers.add(peer)
         self._start_sweeper()
         member: Member | None = None
+        disconnect_code: int | None = None
         try:
             member = await self.rooms.join(request.document, peer, access,
                                            wants_acks=wants_acks(request))
@@ -227,9 +246,10 @@ class WebSocketEndpoint:
             while peer.close_request is None:
                 message = await receive()
                 if message["type"] != "websocket.receive":
-                    if message.get("code") == codes.MESSAGE_TOO_LARGE.close:
+                    disconnect_code = message.get("code", 1005)  # websocket.disconnect
+                    if disconnect_code == codes.MESSAGE_TOO_LARGE.close:
                         self.stats.messages_too_large += 1  # closed by the server's WebSocket layer
-                    break  # websocket.disconnect
+                    break
                 wait = bucket.take(loop.time())
                 if wait:
                     if bucket.flooding(loop.time()):
@@ -239,7 +259,9 @@ class WebSocketEndpoint:
                         break
                     self.stats.messages_throttled += 1
                     await asyncio.sleep(wait)  # not reading meanwhile: the client is slowed down
-                self._handle_frame(member, peer, message.get("bytes"))
+                self._handle_frame(member, peer, message.get("bytes"), message.get("text"))
+        except DocumentDeleted:
+            self._refuse(peer, "deleted", codes.DOCUMENT_DELETED, DELETED_REASON)
         except asyncio.CancelledError:
             if peer.close_request is None:
                 raise
@@ -252,23 +274,53 @@ class WebSocketEndpoint:
             if member is not None:
                 self.rooms.leave(member)
         await peer.finish()
+        self._count_close(peer, disconnect_code)
 
-    def _handle_frame(self, member: Member, peer: WebSocketPeer, data: bytes | None) -> None:
+    def _handle_frame(self, member: Member, peer: WebSocketPeer, data: bytes | None,
+                      text: str | None) -> None:
+        traffic = self.traffic
+        traffic.messages_received += 1
         if data is None:
-            self.stats.refused_messages += 1
-            peer.close(codes.TEXT_FRAME.close, "text frames are not supported; send binary")
+            traffic.received_bytes += len(text or "")
+            self._refuse(peer, "text_frame", codes.TEXT_FRAME,
+                         "text frames are not supported; send binary")
             return
+        traffic.received_bytes += len(data)
         try:
             member.room.receive(member, protocol.decode_message(data))
         except protocol.ProtocolError as exc:
-            self.stats.refused_messages += 1
-            _refuse(member, codes.BAD_MESSAGE.close, f"malformed message: {exc}")
+            self._refuse(peer, "bad_message", codes.BAD_MESSAGE, f"malformed message: {exc}")
         except crdt.InvalidUpdate as exc:
-            self.stats.refused_messages += 1
-            _refuse(member, codes.INVALID_UPDATE.close, f"invalid Yjs update: {exc}")
+            self._refuse(peer, "invalid_update", codes.INVALID_UPDATE, f"invalid Yjs update: {exc}")
         except Refused as refused:
-            self.stats.refused_messages += 1
-            peer.close(refused.close_code, refused.reason)
+            self._refuse(peer, refusal_reason(refused.status), None, refused.reason, refused.close_code)
+
+    def _refuse(self, peer: WebSocketPeer, reason: str, outcome: codes.Outcome | None, text: str,
+                code: int | None = None) -> None:
+        """Close a client for bad input, counted and logged once (the line carries its
+        document and connection)."""
+        code = code if outcome is None else outcome.close
+        assert code is not None
+        self.stats.refused_messages += 1
+        self._count_refusal(reason)
+        log.warning("closed a client with %d: %s", code, text)  # its input, not a server error
+        peer.close(code, text)
+
+    def _count_refusal(self, reason: str) -> None:
+        self.traffic.refused[reason] = self.traffic.refused.get(reason, 0) + 1
+
+    def _count_close(self, peer: WebSocketPeer, disconnect_code: int | None) -> None:
+        if disconnect_code is None and peer.close_request is not None:
+            closed = (peer.close_request[0], "server")
+        elif disconnect_code == codes.MESSAGE_TOO_LARGE.close:  # uvicorn's WebSocket layer refused it
+            closed = (disconnect_code, "server")
+            self._count_refusal("too_large")
+            log.warning("closed a client with %d: a message larger than the largest accepted",
+                        disconnect_code)
+        else:
+            closed = (disconnect_code or 1006, "client")
+        self.traffic.closes[closed] = self.traffic.closes.get(closed, 0) + 1
+        log.debug("closed with %d by the %s", *closed)
 
     def _start_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
@@ -289,13 +341,6 @@ class WebSocketEndpoint:
         """Ask every connection to close (the instance is stopping)."""
         for peer in list(self.peers):
             peer.close(code, reason)
-            peer.reader_task.cancel()
-
-
-def _refuse(member: Member, code: int, reason: str) -> None:
-    """Close a client for what it sent, with one log line (its input is no server error)."""
-    log.warning("room %r: closed a client with %d: %s", display_name(member.room.name), code, reason)
-    member.peer.close(code, reason)
 
 
 async def _complete(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
