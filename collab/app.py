@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from collab import __version__, codes
 from collab.admission import Admission, Authorize, ConnectionLimits, OriginPolicy, open_access
+from collab.api import DocumentAPI
 from collab.bus import Bus, open_bus
 from collab.config import Settings, redact_url
 from collab.metrics import CONTENT_TYPE, Metrics
@@ -132,6 +133,7 @@ class Collab:
         self.guard = RequestGuard(timeout=settings.request_timeout, max_head=settings.max_request_head,
                                   max_pending=settings.max_handshakes)
         """Bounds requests before the app sees them; ``collab serve`` installs it in uvicorn."""
+        self.api = DocumentAPI(self.rooms, self.store, self.admission, max_body=settings.max_message_size)
         self.metrics = Metrics()
         self._register_metrics()
 
@@ -166,7 +168,7 @@ class Collab:
     @property
     def serves(self) -> str:
         """What this server offers, for people (the start line, the readiness body)."""
-        documents = "documents at /ws/<name>"
+        documents = "documents at /ws/<name> and /api/docs"
         return f"the editor, {documents}" if self.editor else f"{documents}; no editor (it is not built)"
 
     def on_metrics_listener(self, scope: Scope) -> bool:
@@ -201,7 +203,7 @@ class Collab:
                  redact_url(self.settings.redis) if self.settings.redis else "local")
         if self.editor is None:
             log.warning("no editor to serve: it is not built (run `make web` in a checkout, or "
-                        "install a collab wheel, which ships it); serving documents at /ws/<name> only")
+                        "install a collab wheel, which ships it); serving /ws/<name> and /api/docs only")
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         """The ASGI lifespan protocol. A failure to start is one line ("cannot open the store
@@ -303,6 +305,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize | None 
         Route("/liveness_check", liveness),
         Route("/readiness_check", readiness),
         Route("/metrics", metrics),
+        *collab.api.routes(),
         Route("/", editor),
         Route("/d/{name:path}", editor),
         Route("/sw.js", worker),

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -212,6 +212,10 @@ class Room:
         applied since (deletions shrink a document, so this overestimates until measured)."""
         self._measured_at = -SIZE_MEASURE_INTERVAL
         self._measured_size = 0
+        self.deleted = False
+        """Set once the document was deleted: nothing more is applied or stored here."""
+        self.on_deleted: Callable[[], None] | None = None
+        """Called when this room learns that the document was deleted elsewhere."""
         self._catching_up: asyncio.Task[None] | None = None
         self._full_step2: bytes | None = None
         self._doc_version = 0
@@ -243,6 +247,9 @@ class Room:
     async def catch_up(self) -> None:
         """Re-read the store after the bus may have dropped messages; duplicates are no-ops."""
         stored = await self.store.load(self.name)
+        if stored.deleted:
+            self._deleted_elsewhere()
+            return
         for update in stored.updates:
             if self._rebuilding is not None:
                 return  # the rebuild reads the store itself
@@ -441,8 +448,7 @@ class Room:
 
     def _dispatch(self, member: Member, message: protocol.Message) -> None:
         if isinstance(message, (protocol.SyncUpdate, protocol.SyncStep2)):
-
-            if member.may_write:
+            if member.may_write and not self.deleted:
                 self._receive_update(member, message.update)
             else:  # told at join; resends after a reconnect land here too
                 self.stats.read_only_updates_dropped += 1
@@ -533,14 +539,45 @@ class Room:
                 self._ack(member, self.store.committed(), protocol.encode_sync_update(crdt.merge([update])))
             self._released(applied)
             return
-        self.stats.updates_applied += 1
-        frame = protocol.encode_sync_update(produced)
-        self._broadcast(frame, exclude=member)
-        committed = self.store.append(self.name, produced)
-        self.bus.publish(self.name, Kind.UPDATE, produced, durable=committed)
+        frame, committed = self._share(produced, exclude=member)
         if acks:
             self._ack(member, committed, frame)
         self._released(applied)
+
+    def apply(self, update: bytes) -> asyncio.Future[Any]:
+        """Apply an update that comes from no member (the document API) as if a writer had
+        sent it: every member sees it, the store takes it, the other instances hear it.
+        Returns a future that resolves once it (or, for a duplicate, what it repeats) is
+        stored. Raises :class:`crdt.InvalidUpdate` (the gate's reason), :class:`Refused` past
+        a limit or while the room is rebuilt after an engine failure."""
+        if self._rebuilding is not None or self.deleted:
+            raise Refused(codes.TRY_AGAIN, "the document is being rebuilt; try again")
+        self._check_growth(update)
+        try:
+            applied = self._integrate(update, FROM_CLIENT)
+        except crdt.InvalidUpdate as refused:
+            self.refusals.refused(refused.reason)
+            raise
+        except crdt.EnginePanic as panic:
+            self._engine_failed(panic)
+            raise Refused(codes.TRY_AGAIN, "the document is being rebuilt; try again") from None
+        committed = (self.store.committed() if applied.update is None
+                     else self._share(applied.update, exclude=None)[1])
+        self._released(applied)
+        return committed
+
+    def _share(self, produced: bytes, *, exclude: Member | None) -> tuple[bytes, asyncio.Future[int]]:
+        """What the engine produced from a writer's update: to the members, the store, the bus."""
+        self.stats.updates_applied += 1
+        frame = protocol.encode_sync_update(produced)
+        self._broadcast(frame, exclude=exclude)
+        committed = self.store.append(self.name, produced)
+        self.bus.publish(self.name, Kind.UPDATE, produced, durable=committed)
+        return frame, committed
+
+    def close_members(self, code: int, reason: str) -> None:
+        for member in list(self.members):
+            member.peer.close(code, reason)
 
     def _ack(self, member: Member, committed: asyncio.Future[object], frame: bytes) -> None:
         """Echo ``frame`` to ``member`` once ``committed`` resolves, keeping its acks in the
@@ -663,6 +700,8 @@ class Room:
                 entries = protocol.decode_awareness_payload(message.payload)
                 accepted, _appeared = self._merge_presence(entries, owner=None)
                 self._announce_presence(accepted, publish=False)  # never re-published
+            elif message.kind is Kind.DELETED:
+                self._deleted_elsewhere()
         except crdt.InvalidUpdate as exc:
             self.refusals.refused(exc.reason)
             if exc.reason == "waiting":  # too much waits already: read what the store has
@@ -674,6 +713,9 @@ class Room:
         except crdt.EnginePanic as panic:
             self._engine_failed(panic)
 
+    def _deleted_elsewhere(self) -> None:
+        if not self.deleted and self.on_deleted is not None:
+            self.on_deleted()
 
     def on_bus_unconfirmed(self, update: bytes) -> None:
         """Another instance relayed this update but never confirmed storing it: store it here."""

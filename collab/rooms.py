@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import Any
 
+from collab import codes
 from collab.admission import Access
-from collab.bus import Bus
+from collab.bus import Bus, Kind
 from collab.gate import Refusals
 from collab.room import PRESENCE_HOLD, Member, Peer, Room, RoomLimits, RoomStats
 from collab.store import Store
 
 log = logging.getLogger("collab.rooms")
+
+DELETED_REASON = "document deleted"
+
+
+class DocumentDeleted(Exception):
+    """The document was deleted: nobody may open it until its name is used again on purpose
+    (:meth:`Rooms.revive`)."""
 
 
 class Rooms:
@@ -36,6 +46,7 @@ class Rooms:
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._evictions: dict[str, asyncio.Task[None]] = {}
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
+        self._deleting: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self.stats = RoomStats()
 
@@ -59,10 +70,60 @@ class Rooms:
         self._evict_when_idle(room)
 
     def _evict_when_idle(self, room: Room) -> None:
-        if not room.members and not room.leases and room.name not in self._evictions:
+        if not room.members and not room.leases and not room.deleted and room.name not in self._evictions:
             self._evictions[room.name] = asyncio.create_task(self._evict_later(room))
 
+    async def apply(self, name: str, update: bytes) -> Any:
+        """Apply an update from no client (the document API) through the room, so that its
+        members and the other instances see it; returns once it is stored. Raises
+        :class:`DocumentDeleted` or :class:`collab.crdt.InvalidUpdate`."""
+        room = await self.get(name)
+        try:
+            committed = room.apply(update)
+        finally:
+            self._evict_when_idle(room)
+        return await committed
+
+    async def delete(self, name: str) -> bool:
+        """Delete the document everywhere: its clients here are closed with 4410, the store
+        keeps a tombstone, and the other instances are told to close theirs. Returns whether
+        there was anything to delete (stored content or clients)."""
+        self._deleting.add(name)
+        try:
+            loading = self._loading.get(name)
+            if loading is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(loading)
+            room = self.rooms.get(name)
+            had_clients = room is not None and bool(room.members)
+            if room is not None:
+                self._discard(room)
+            existed = await self.store.delete(name)
+            self.bus.publish(name, Kind.DELETED, b"")
+            return existed or had_clients
+        finally:
+            self._deleting.discard(name)
+
+    async def revive(self, name: str) -> bool:
+        """Let a deleted name be used again (see :meth:`collab.store.base.Store.revive`)."""
+        return await self.store.revive(name)
+
+    def _discard(self, room: Room) -> None:
+        """The document was deleted (here or elsewhere): close its clients and forget it."""
+        room.deleted = True
+        room.close_members(codes.DOCUMENT_DELETED.close, DELETED_REASON)
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        eviction = self._evictions.pop(room.name, None)
+        if eviction is not None:
+            eviction.cancel()
+        leaving = asyncio.create_task(self._unsubscribe_quietly(room.name))
+        self._unsubscribing[room.name] = leaving
+        leaving.add_done_callback(lambda _task: self._unsubscribing.pop(room.name, None))
+
     async def get(self, name: str) -> Room:
+        if name in self._deleting:
+            raise DocumentDeleted(name)
         room = self.rooms.get(name)
         if room is not None:
             return room
@@ -81,9 +142,13 @@ class Rooms:
         room = Room(name, self.store, self.bus, durable_acks=self.durable_acks,
                     presence_hold=self.presence_hold, limits=self.limits, stats=self.stats,
                     refusals=self.refusals)
+        room.on_deleted = lambda: self._discard(room)
         await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap, room.on_bus_unconfirmed)
         try:
-            room.load(await self.store.load(name))
+            stored = await self.store.load(name)
+            if stored.deleted or name in self._deleting:
+                raise DocumentDeleted(name)
+            room.load(stored)
         except BaseException:
             await self._unsubscribe_quietly(name)
             raise
@@ -92,7 +157,8 @@ class Rooms:
 
     def _loaded(self, name: str, task: asyncio.Task[Room]) -> None:
         self._loading.pop(name, None)
-        if not task.cancelled() and task.exception() is not None:  # the joiners get it too
+        if not task.cancelled() and task.exception() is not None and not isinstance(
+                task.exception(), DocumentDeleted):  # the joiners get it too
             log.error("loading room %r failed: %s", name, task.exception())
 
     async def _evict_later(self, room: Room) -> None:

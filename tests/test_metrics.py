@@ -125,6 +125,6 @@ def test_an_oversized_frame_is_counted_as_refused(server_factory: ServerFactory)
         return await client.wait_closed()
 
     assert asyncio.run(send_too_much()) == 1009
-    parsed = scrape(server.http_url)
+    parsed = asyncio.run(wait_scrape(server, lambda m: m.total("collab_closes_total", code="1009") > 0))
     assert parsed.value("collab_closes_total", transport="websocket", code="1009", by="server") == 1
     assert parsed.value("collab_refused_total", transport="websocket", reason="too_large") == 1

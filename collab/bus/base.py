@@ -22,6 +22,8 @@ class Kind(str, Enum):
     """A document update, as produced by the engine of the publishing instance."""
     AWARENESS = "a"
     """An awareness payload (y-protocols encoding), already validated by the publisher."""
+    DELETED = "d"
+    """The document was deleted (no payload): close its clients and forget it."""
 
 
 @dataclass(frozen=True, slots=True)

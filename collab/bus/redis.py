@@ -61,8 +61,11 @@ HELD_UPDATE = 3
 """An update whose publisher will confirm its commit with a COMMITTED frame."""
 COMMITTED = 4
 """Payload: varuint N; every HELD_UPDATE of this publisher and room up to seq N is stored."""
-_CODES = {MARKER, UPDATE, AWARENESS, HELD_UPDATE, COMMITTED}
-_KIND_OF_CODE = {UPDATE: Kind.UPDATE, AWARENESS: Kind.AWARENESS, HELD_UPDATE: Kind.UPDATE}
+DELETED = 5
+"""No payload: the document was deleted."""
+_CODES = {MARKER, UPDATE, AWARENESS, HELD_UPDATE, COMMITTED, DELETED}
+_KIND_OF_CODE = {UPDATE: Kind.UPDATE, AWARENESS: Kind.AWARENESS, HELD_UPDATE: Kind.UPDATE,
+                 DELETED: Kind.DELETED}
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError, EOFError)
 
 
@@ -89,7 +92,7 @@ class Frame:
 def code_of(kind: Kind, *, held: bool = False) -> int:
     if kind is Kind.UPDATE:
         return HELD_UPDATE if held else UPDATE
-    return AWARENESS
+    return DELETED if kind is Kind.DELETED else AWARENESS
 
 
 def encode_frame(publisher: bytes, seq: int, code: int, payload: bytes = b"") -> bytes:

@@ -30,6 +30,20 @@ class StoredDocument:
     updates: list[bytes] = field(default_factory=list)
     position: int = 0
     """The highest log position included (0 when the log is empty)."""
+    deleted: bool = False
+    """The document was deleted: it has no content, and it is not recreated by a client that
+    reconnects with a copy (only :meth:`Store.revive` lets the name be used again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    """One entry of a listing."""
+
+    name: str
+    size: int
+    """Bytes stored: the snapshot plus the update log (compaction shrinks it)."""
+    changed_at: float | None
+    """When its last update was stored (Unix time); None if stored before this was recorded."""
 
 
 @dataclass(slots=True)
@@ -43,6 +57,8 @@ class LogSlice:
     updates: list[bytes]
     snapshot_position: int = 0
     """The highest log position folded into the snapshot."""
+    deleted: bool = False
+    """The document carries a tombstone (whatever rows are read with it are left over)."""
 
     @property
     def everything(self) -> list[bytes]:
@@ -151,7 +167,37 @@ class Store(ABC):
 
     async def load(self, name: str) -> StoredDocument:
         part = await self._read_log(name)
+        if part.deleted:
+            return StoredDocument(deleted=True)
         return StoredDocument(part.everything, max([part.snapshot_position, *part.positions]))
+
+    async def delete(self, name: str) -> bool:
+        """Delete ``name`` for good: its content goes, and a tombstone stays so that neither a
+        reconnecting client nor an instance that still held it brings it back. Appends of it
+        made before the call are stored first (then deleted with the rest). Returns whether
+        there was a document to delete."""
+        await self._settle(name)
+        return await self._set_deleted(name, True)
+
+    async def revive(self, name: str) -> bool:
+        """Let a deleted name be used again, empty (an explicit import or create does this;
+        connecting does not). Whatever arrived for it after the deletion is dropped. Returns
+        whether it was deleted (a document that was not is left alone)."""
+        await self._settle(name)
+        if not (await self._read_log(name)).deleted:
+            return False
+        return await self._set_deleted(name, False)
+
+    async def list(self, after: str | None = None, limit: int = 100) -> list[DocumentInfo]:
+        """Documents in name order, from the first name after ``after``; deleted ones left out."""
+        return await self._list(after, limit)
+
+    async def _settle(self, name: str) -> None:
+        await self.flush()
+        running = self._compacting.get(name)
+        if running is not None:
+            await asyncio.gather(running, return_exceptions=True)
+        self._since_compaction.pop(name, None)
 
     async def compact(self, name: str) -> bool:
         """Fold the log of ``name`` into its snapshot; one compaction per document at a time."""
@@ -166,9 +212,12 @@ class Store(ABC):
             task.add_done_callback(lambda _t: self._compacting.pop(name, None))
         return task
 
-    @abstractmethod
     async def names(self) -> list[str]:
-        """Every stored document name."""
+        """Every stored document name (deleted ones left out), in order."""
+        names: list[str] = []
+        while page := await self._list(names[-1] if names else None, 1000):
+            names.extend(info.name for info in page)
+        return names
 
     # --- primitives each store implements ---------------------------------------------------
 
@@ -185,6 +234,16 @@ class Store(ABC):
     @abstractmethod
     async def _read_log(self, name: str) -> LogSlice:
         """The snapshot and every log entry of ``name``, read in one consistent snapshot."""
+
+    @abstractmethod
+    async def _set_deleted(self, name: str, deleted: bool) -> bool:
+        """In one transaction: drop every log entry and the snapshot of ``name``, and set (or
+        lift) its tombstone. Returns whether that changed anything a reader could see: content
+        dropped on deleting, a tombstone lifted on reviving."""
+
+    @abstractmethod
+    async def _list(self, after: str | None, limit: int) -> list[DocumentInfo]:
+        """At most ``limit`` documents without a tombstone, names after ``after``, in order."""
 
     @abstractmethod
     async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,
@@ -245,7 +304,7 @@ class Store(ABC):
 
     async def _fold(self, name: str) -> bool:
         part = await self._read_log(name)
-        if not part.positions:
+        if not part.positions or part.deleted:
             self._since_compaction.pop(name, None)
             return False
         loop = asyncio.get_running_loop()

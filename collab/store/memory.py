@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
-from collab.store.base import LogSlice, Store
+from collab.store.base import DocumentInfo, LogSlice, Store
 
 
 class MemoryStore(Store):
@@ -15,6 +16,8 @@ class MemoryStore(Store):
         self._log: dict[str, list[tuple[int, bytes]]] = {}
         self._snapshots: dict[str, tuple[bytes, int, int]] = {}  # data, position, version
         self._positions = itertools.count(1)
+        self._changed: dict[str, float] = {}
+        self._deleted: set[str] = set()
 
     async def _open(self) -> None:
         pass
@@ -28,12 +31,14 @@ class MemoryStore(Store):
             position = next(self._positions)
             self._log.setdefault(name, []).append((position, update))
             positions.append(position)
+            self._changed[name] = time.time()
         return positions
 
     async def _read_log(self, name: str) -> LogSlice:
         data, position, version = self._snapshots.get(name, (None, 0, 0))
         entries = list(self._log.get(name, []))
-        return LogSlice(data, version, [p for p, _ in entries], [u for _, u in entries], position)
+        return LogSlice(data, version, [p for p, _ in entries], [u for _, u in entries], position,
+                        deleted=name in self._deleted)
 
     async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,
                              positions: list[int]) -> bool:
@@ -45,5 +50,21 @@ class MemoryStore(Store):
         self._log[name] = [(p, u) for p, u in self._log.get(name, []) if p not in folded]
         return True
 
-    async def names(self) -> list[str]:
-        return sorted(set(self._log) | set(self._snapshots))
+    async def _set_deleted(self, name: str, deleted: bool) -> bool:
+        was_deleted = name in self._deleted
+        dropped = bool(self._log.pop(name, None)) | (self._snapshots.pop(name, None) is not None)
+        self._changed[name] = time.time()
+        if deleted:
+            self._deleted.add(name)
+            return dropped and not was_deleted
+        self._deleted.discard(name)
+        return was_deleted
+
+    async def _list(self, after: str | None, limit: int) -> list[DocumentInfo]:
+        names = sorted(n for n in set(self._log) | set(self._snapshots)
+                       if n not in self._deleted and (after is None or n > after))
+        return [DocumentInfo(n, self._size(n), self._changed.get(n)) for n in names[:limit]]
+
+    def _size(self, name: str) -> int:
+        snapshot = self._snapshots.get(name)
+        return (len(snapshot[0]) if snapshot else 0) + sum(len(u) for _, u in self._log.get(name, []))

@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from collab.store.base import LogSlice, Store
+from collab.store.base import DocumentInfo, LogSlice, Store
 
 log = logging.getLogger("collab.store.postgres")
 
@@ -42,6 +42,18 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                position BIGINT NOT NULL,
                version  BIGINT NOT NULL
            )""",
+    ]),
+    (2, [
+        # Per document: when it last changed, and the tombstone of a deleted one. Names in byte
+        # order (as SQLite orders them), so that a listing pages the same way on every store.
+        """CREATE TABLE collab_documents (
+               doc        TEXT COLLATE "C" PRIMARY KEY,
+               changed_at TIMESTAMPTZ,
+               deleted_at TIMESTAMPTZ
+           )""",
+        """INSERT INTO collab_documents (doc)
+           SELECT doc FROM collab_snapshots UNION SELECT doc FROM collab_updates
+           ON CONFLICT DO NOTHING""",
     ]),
 ]
 """(version, statements): applied in order, each version once, in one transaction."""
@@ -98,22 +110,30 @@ class PostgresStore(Store):
                 "ORDER BY i RETURNING seq",
                 names, [update for _, update in batch],
             )
+            # Rows of the documents whose advisory locks this transaction holds: no deadlock.
+            await conn.execute(
+                "INSERT INTO collab_documents (doc, changed_at) SELECT unnest($1::text[]), now() "
+                "ON CONFLICT (doc) DO UPDATE SET changed_at = excluded.changed_at", sorted(set(names)))
         # identity values are drawn in row order, and the rows were fed in batch order
         return sorted(row["seq"] for row in rows)
 
-    async def _read_both(self, name: str) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
-        """The snapshot row and the log of ``name``, from one consistent database snapshot."""
+    async def _read_both(self, name: str) -> tuple[asyncpg.Record | None, list[asyncpg.Record], bool]:
+        """The snapshot row, the log and the tombstone of ``name``, from one consistent database
+        snapshot."""
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
             snapshot = await conn.fetchrow(
                 "SELECT data, position, version FROM collab_snapshots WHERE doc = $1", name)
             entries = await conn.fetch(
                 "SELECT seq, data FROM collab_updates WHERE doc = $1 ORDER BY seq", name)
-        return snapshot, entries
+            deleted = await conn.fetchval(
+                "SELECT deleted_at IS NOT NULL FROM collab_documents WHERE doc = $1", name)
+        return snapshot, entries, bool(deleted)
 
     async def _read_log(self, name: str) -> LogSlice:
-        snapshot, entries = await self._read_both(name)
+        snapshot, entries, deleted = await self._read_both(name)
         return LogSlice(
+            deleted=deleted,
             snapshot=snapshot["data"] if snapshot is not None else None,
             version=snapshot["version"] if snapshot is not None else 0,
             positions=[entry["seq"] for entry in entries],
@@ -144,10 +164,37 @@ class PostgresStore(Store):
                 name, positions)
         return True
 
-    async def names(self) -> list[str]:
+    async def _set_deleted(self, name: str, deleted: bool) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The document's append lock: no batch of it commits halfway through this.
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", DOC_LOCK_SPACE, doc_lock_key(name))
+            was_deleted = bool(await conn.fetchval(
+                "SELECT deleted_at IS NOT NULL FROM collab_documents WHERE doc = $1", name))
+            dropped = _count(await conn.execute("DELETE FROM collab_updates WHERE doc = $1", name))
+            dropped += _count(await conn.execute("DELETE FROM collab_snapshots WHERE doc = $1", name))
+            await conn.execute(
+                "INSERT INTO collab_documents (doc, changed_at, deleted_at) "
+                "VALUES ($1, now(), CASE WHEN $2::boolean THEN now() END) "
+                "ON CONFLICT (doc) DO UPDATE SET changed_at = excluded.changed_at, "
+                "deleted_at = excluded.deleted_at", name, deleted)
+        return (dropped > 0 and not was_deleted) if deleted else was_deleted
+
+    async def _list(self, after: str | None, limit: int) -> list[DocumentInfo]:
         rows = await self.pool.fetch(
-            "SELECT doc FROM collab_snapshots UNION SELECT DISTINCT doc FROM collab_updates ORDER BY 1")
-        return [row["doc"] for row in rows]
+            "SELECT d.doc, "
+            "  COALESCE((SELECT octet_length(data) FROM collab_snapshots s WHERE s.doc = d.doc), 0) "
+            "  + COALESCE((SELECT sum(octet_length(data)) FROM collab_updates u WHERE u.doc = d.doc), 0) "
+            "  AS size, extract(epoch FROM d.changed_at) AS changed_at "
+            "FROM collab_documents d WHERE d.doc > $1 AND d.deleted_at IS NULL ORDER BY d.doc LIMIT $2",
+            after or "", limit)
+        return [DocumentInfo(row["doc"], int(row["size"]),
+                             float(row["changed_at"]) if row["changed_at"] is not None else None)
+                for row in rows]
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def migrate(conn: asyncpg.Connection) -> int:

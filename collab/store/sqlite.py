@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from collab.store.base import LogSlice, Store
+from collab.store.base import DocumentInfo, LogSlice, Store
 
 T = TypeVar("T")
 
@@ -32,6 +33,26 @@ CREATE TABLE IF NOT EXISTS snapshots (
     version  INTEGER NOT NULL
 );
 """
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE IF NOT EXISTS documents (
+    doc        TEXT PRIMARY KEY,
+    changed_at REAL,
+    deleted_at REAL
+);
+INSERT OR IGNORE INTO documents (doc) SELECT doc FROM snapshots UNION SELECT doc FROM updates;
+"""),
+]
+"""(user_version, script): what turns an older store into this release's, each run once and
+recorded in SQLite's ``user_version``. Additive only, so an older release can still open it."""
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    current = db.execute("PRAGMA user_version").fetchone()[0]
+    for version, script in MIGRATIONS:
+        if version > current:
+            db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {version}; COMMIT;")
 
 
 class SQLiteStore(Store):
@@ -59,6 +80,7 @@ class SQLiteStore(Store):
         def open_writer() -> None:
             self._write_db = self._connect()
             self._write_db.executescript(SCHEMA)
+            migrate(self._write_db)
 
         def open_reader() -> None:
             self._read_db = self._connect()
@@ -76,6 +98,8 @@ class SQLiteStore(Store):
         self._reader_pool.shutdown(wait=True)
 
     async def _write_batch(self, batch: list[tuple[str, bytes]]) -> list[int]:
+        now = time.time()
+
         def write() -> list[int]:
             db = self._write_db
             assert db is not None
@@ -83,6 +107,10 @@ class SQLiteStore(Store):
             try:
                 db.executemany("INSERT INTO updates (doc, data) VALUES (?, ?)", batch)
                 last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+                db.executemany(
+                    "INSERT INTO documents (doc, changed_at) VALUES (?, ?) "
+                    "ON CONFLICT (doc) DO UPDATE SET changed_at = excluded.changed_at",
+                    [(name, now) for name in {name for name, _ in batch}])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -102,6 +130,8 @@ class SQLiteStore(Store):
                                  (name,)).fetchone()
                 rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq",
                                   (name,)).fetchall()
+                deleted = db.execute("SELECT 1 FROM documents WHERE doc = ? AND deleted_at IS NOT NULL",
+                                     (name,)).fetchone() is not None
             finally:
                 db.execute("COMMIT")
             return LogSlice(
@@ -110,6 +140,7 @@ class SQLiteStore(Store):
                 positions=[seq for seq, _ in rows],
                 updates=[data for _, data in rows],
                 snapshot_position=row[2] if row else 0,
+                deleted=deleted,
             )
 
         return await self._run(self._reader_pool, read)
@@ -142,11 +173,41 @@ class SQLiteStore(Store):
 
         return await self._run(self._writer_pool, swap)
 
-    async def names(self) -> list[str]:
-        def names() -> list[str]:
+    async def _set_deleted(self, name: str, deleted: bool) -> bool:
+        now = time.time()
+
+        def write() -> bool:
+            db = self._write_db
+            assert db is not None
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT deleted_at FROM documents WHERE doc = ?", (name,)).fetchone()
+                was_deleted = row is not None and row[0] is not None
+                dropped = db.execute("DELETE FROM updates WHERE doc = ?", (name,)).rowcount
+                dropped += db.execute("DELETE FROM snapshots WHERE doc = ?", (name,)).rowcount
+                db.execute("INSERT INTO documents (doc, changed_at, deleted_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (doc) DO UPDATE SET changed_at = excluded.changed_at, "
+                           "deleted_at = excluded.deleted_at", (name, now, now if deleted else None))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return (dropped > 0 and not was_deleted) if deleted else was_deleted
+
+        return await self._run(self._writer_pool, write)
+
+    async def _list(self, after: str | None, limit: int) -> list[DocumentInfo]:
+        def read() -> list[DocumentInfo]:
             db = self._read_db
             assert db is not None
-            rows = db.execute("SELECT doc FROM snapshots UNION SELECT doc FROM updates ORDER BY 1")
-            return [r[0] for r in rows.fetchall()]
+            start = "" if after is None else after
+            rows = db.execute(
+                "SELECT d.doc, "
+                "  COALESCE((SELECT length(data) FROM snapshots s WHERE s.doc = d.doc), 0) "
+                "  + COALESCE((SELECT sum(length(data)) FROM updates u WHERE u.doc = d.doc), 0), "
+                "  d.changed_at "
+                "FROM documents d WHERE d.doc > ? AND d.deleted_at IS NULL ORDER BY d.doc LIMIT ?",
+                (start, limit)).fetchall()
+            return [DocumentInfo(doc, int(size), changed_at) for doc, size, changed_at in rows]
 
-        return await self._run(self._reader_pool, names)
+        return await self._run(self._reader_pool, read)

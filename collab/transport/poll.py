@@ -30,7 +30,7 @@ from collab import codes, crdt, protocol
 from collab.admission import Access, AccessRequest, Admission, Refused
 from collab.metrics import counter, gauge, labelled
 from collab.room import Member
-from collab.rooms import Rooms
+from collab.rooms import DELETED_REASON, DocumentDeleted, Rooms
 from collab.transport import pollwire
 from collab.transport.pollwire import BadRequest, PollBody, PollQuery
 from collab.transport.websocket import display_name, document_from_path
@@ -197,8 +197,11 @@ class PollEndpoint:
                      receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         polling = body.state_vector is not None
         peer = PollPeer(only_sync=not polling)
-        member = await self.rooms.join(name, peer, access, wants_acks=query.acks,
-                                       client_key=query.client)
+        try:
+            member = await self.rooms.join(name, peer, access, wants_acks=query.acks,
+                                           client_key=query.client)
+        except DocumentDeleted:
+            raise Answer(codes.DOCUMENT_DELETED.http or 410, DELETED_REASON) from None
         room = member.room
         try:
             for message in body.messages:
