@@ -49,6 +49,9 @@ run: $(STAMP)
 test: $(STAMP) web js-test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+docs: $(STAMP)
+	$(BIN)/python -c 'from collab.config import reference; print(reference(), end="")' > docs/configuration.md
+
 lint: $(STAMP)
 	$(BIN)/ruff check collab tests $(wildcard bench)
 

@@ -1,5 +1,5 @@
-"""collab: a collaborative text-editing server for Yjs clients. Serve documents, load-test any
-y-websocket server, manage the store, export documents."""
+"""collab: a collaborative text-editing server for Yjs clients. Serve documents, list, export,
+import and delete them, manage the store, load-test any y-websocket server."""
 
 from __future__ import annotations
 
@@ -237,39 +237,6 @@ def db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def export(args: argparse.Namespace) -> int:
-    """Write one document as plain text or as a Yjs update (for backups and migrations), or
-    list the stored documents."""
-    from collab import crdt
-
-    settings = _settings(args)
-
-    async def names(store: Store) -> list[str]:
-        return await store.names()
-
-    async def updates(store: Store) -> list[bytes]:
-        return (await store.load(args.name)).updates
-
-    try:
-        if args.name is None:
-            for name in _with_store(settings.store, names, must_exist=True):
-                print(name)
-            return 0
-        stored = _with_store(settings.store, updates, must_exist=True)
-    except StoreUnavailable as exc:
-        print(f"collab: {exc}", file=sys.stderr)
-        return 1
-    if not stored:
-        print(f"collab: no document named {args.name!r} in {settings.store}", file=sys.stderr)
-        return 1
-    doc = crdt.document_from(stored)
-    if args.format == "yjs":
-        sys.stdout.buffer.write(doc.full_state())
-    else:
-        sys.stdout.write(doc.text(args.field))
-    return 0
-
-
 def token(args: argparse.Namespace) -> int:
     """Print a signed token for one document (or a name prefix) and a mode."""
     from collab.tokens import mint
@@ -307,14 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_arguments(upgrade_parser, {"store"})
     upgrade_parser.set_defaults(func=db_upgrade)
 
-    export_parser = commands.add_parser(
-        "export", help="print a stored document (or, without a name, list the documents)")
-    export_parser.add_argument("name", nargs="?", help="document (room) name, as in the URL")
-    export_parser.add_argument("--format", choices=("text", "yjs"), default="text",
-                               help="plain text of the shared text, or the full Yjs update")
-    export_parser.add_argument("--field", default="text", help="shared text field to print")
-    _add_settings_arguments(export_parser, {"store"})
-    export_parser.set_defaults(func=export)
+    from collab import manage
 
     token_parser = commands.add_parser(
         "token", help="print a signed access token",
@@ -333,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_arguments(token_parser, {"secret"})
     token_parser.set_defaults(func=token)
 
+    manage.add_commands(commands)
     _add_loadtest(commands)
     return parser
 

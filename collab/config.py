@@ -320,3 +320,35 @@ def instance_local_store_problem(settings: Settings, environ: Mapping[str, str] 
             f"{redact_url(settings.store)} is local to each, so documents would split between them; "
             "set COLLAB_STORE to postgresql://... and COLLAB_REDIS_URL to redis://..., or "
             "COLLAB_SINGLE_INSTANCE=true (--single-instance) if one instance is intended")
+
+
+def reference() -> str:
+    """docs/configuration.md: every setting, its flag, its variable and its default, from the
+    settings object itself (a test keeps the committed file equal to this)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Every setting of `collab serve` is a flag and a `COLLAB_*` environment variable (a flag",
+        "wins over the variable, the variable over the default). A boolean flag alone means true",
+        "(`--single-instance`); it also takes a value (`--durable-acks false`). This page is",
+        "generated from the settings object (`make docs`); a test keeps it current.",
+        "",
+        "| setting | flag | environment | default |",
+        "|---|---|---|---|",
+    ]
+    for name, option, default in Settings.options():
+        flag = "--" + name.replace("_", "-") + (f" {option.metavar}" if option.metavar else "")
+        shown = "none" if default is None else str(default)
+        if name == "web_dir":
+            shown = "the editor shipped with collab"
+        help = option.help.replace("|", "\\|")
+        lines.append(f"| {help} | `{flag}` | `{option.env}` | `{shown}` |")
+    lines += [
+        "",
+        "Not settings of the server, but read by it: `GAE_INSTANCE` (App Engine) and `K_SERVICE`",
+        "(Cloud Run) say that several instances may run, so an instance-local store is refused",
+        "unless `--single-instance` is given. The document commands (`collab ls`, `export`,",
+        "`import`, `rm`) take `--server URL` or `--store URL`; see `collab COMMAND --help`.",
+        "",
+    ]
+    return "\n".join(lines)

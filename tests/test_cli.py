@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -116,3 +117,51 @@ def test_an_editor_directory_without_an_editor_is_refused(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert one_line(result) == (f"collab: no built editor in {tmp_path} (COLLAB_WEB_DIR): "
                                 "index.html is missing")
+
+
+def test_documents_through_a_running_server_and_through_the_store(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'docs.db'}"
+    server = ServerProcess(store, log_path=tmp_path / "server.log").start()
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("imported text ✓\n")
+    try:
+        via = ["--server", server.http_url]
+        assert collab("import", "notes", str(text_file), *via).returncode == 0
+        assert collab("export", "notes", *via).stdout == "imported text ✓\n"
+        refused = collab("import", "notes", str(text_file.with_name("other.txt")), *via)
+        assert refused.returncode == 1  # no such file: one line, no traceback
+        assert "Traceback" not in refused.stderr
+        (tmp_path / "other.txt").write_text("other")
+        over = collab("import", "notes", str(tmp_path / "other.txt"), *via)
+        assert over.returncode == 1 and "--replace" in over.stderr
+        assert collab("import", "notes", str(tmp_path / "other.txt"), "--replace", *via).returncode == 0
+        listing = collab("ls", "--json", *via)
+        assert [d["name"] for d in json.loads(listing.stdout)] == ["notes"]
+        assert collab("rm", "notes", *via).returncode == 0
+        gone = collab("export", "notes", *via)
+        assert gone.returncode == 1 and "410" in gone.stderr
+        assert collab("rm", "notes", *via).returncode == 1
+    finally:
+        assert server.terminate() == 0
+    # The store directly (the server is stopped): a Yjs update brings a deleted name back.
+    yjs = subprocess.run([sys.executable, "-c", "import sys; from collab import crdt; "
+                          "d = crdt.Document(); sys.stdout.buffer.write(d.edit_text(0, 'from a backup'))"],
+                         capture_output=True, check=True).stdout
+    (tmp_path / "backup.yjs").write_bytes(yjs)
+    assert collab("import", "notes", str(tmp_path / "backup.yjs"), "--store", store).returncode == 0
+    assert collab("export", "notes", "--store", store).stdout == "from a backup"
+    assert collab("ls", "--store", store).stdout.split()[0] == "notes"
+    assert collab("rm", "notes", "--store", store).returncode == 0
+    assert collab("ls", "--store", store).stdout == ""
+
+
+def test_loadtest_cleanup_deletes_the_documents_it_created(server: ServerProcess, tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("kept")
+    keep = collab("import", "keep-me", str(tmp_path / "keep.txt"), "--server", server.http_url)
+    assert keep.returncode == 0
+    result = collab("loadtest", server.ws_url, "--rooms", "3", "--clients", "2", "--duration", "1",
+                    "--rate", "5", "--no-progress", "--cleanup")
+    assert result.returncode == 0, result.stderr
+    assert "cleanup deleted 3 documents named lt-" in result.stderr
+    listing = json.loads(collab("ls", "--json", "--server", server.http_url).stdout)
+    assert [d["name"] for d in listing] == ["keep-me"]

@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect-timeout", type=_positive_float, default=10.0)
     parser.add_argument("--seed", type=int, help="random seed for positions and phases")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="afterwards, delete the documents this run created (a collab server's "
+                             "document API at the same host, e.g. http://HOST:PORT/api/docs)")
 
 
 def _validate(args: argparse.Namespace) -> str | None:
@@ -90,9 +93,9 @@ def _validate(args: argparse.Namespace) -> str | None:
     return None
 
 
-def run_async(args: argparse.Namespace) -> Coroutine[Any, Any, dict[str, object]]:
-    opts = Options(args.url, acks=args.acks, deflate=args.deflate, replica=args.replica,
-                   connect_timeout=args.connect_timeout, transport=args.transport)
+def run_async(args: argparse.Namespace,
+              opts: Options | None = None) -> Coroutine[Any, Any, dict[str, object]]:
+    opts = opts or options(args)
     load = Load(args.rooms, args.clients, args.writers, args.rate, args.duration,
                 drain_timeout=args.drain_timeout, seed=args.seed)
     progress = not args.no_progress and not args.json
@@ -102,6 +105,42 @@ def run_async(args: argparse.Namespace) -> Coroutine[Any, Any, dict[str, object]
         return scenarios.ramp(opts, load, factor=args.ramp_factor, steps=args.ramp_steps,
                               p99_bound_ms=args.p99_bound, progress=progress)
     return scenarios.fanout(opts, load, progress=progress)
+
+
+def options(args: argparse.Namespace) -> Options:
+    return Options(args.url, acks=args.acks, deflate=args.deflate, replica=args.replica,
+                   connect_timeout=args.connect_timeout, transport=args.transport)
+
+
+def api_base(ws_url: str) -> str:
+    """The HTTP base of a collab server from the URL the load went to (``ws://H:P/prefix/ws``,
+    or ``http://H:P/prefix/poll``)."""
+    parts = urlsplit(ws_url)
+    path = parts.path.rstrip("/")
+    for suffix in ("/ws", "/poll"):
+        if path.endswith(suffix):
+            path = path[:-len(suffix)]
+    scheme = "https" if parts.scheme in ("wss", "https") else "http"
+    return f"{scheme}://{parts.netloc}{path}"
+
+
+def cleanup(ws_url: str, prefix: str) -> tuple[int, str | None]:
+    """Delete every document named ``<prefix>-…``: (how many, the problem that stopped it)."""
+    from collab.manage import NotFound, Problem, ServerDocuments
+
+    documents = ServerDocuments(api_base(ws_url))
+    deleted = 0
+    try:
+        names = [d["name"] for d in documents.list() if d["name"].startswith(prefix + "-")]
+        for name in names:
+            try:
+                documents.delete(name)
+                deleted += 1
+            except NotFound:
+                pass
+    except Problem as exc:
+        return deleted, str(exc)
+    return deleted, None
 
 
 def run_loop(coro: Coroutine[Any, Any, dict[str, object]]) -> dict[str, object]:
@@ -119,11 +158,17 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"collab loadtest: error: {problem}", file=sys.stderr)
         return 2
+    opts = options(args)
     try:
-        result = run_loop(run_async(args))
+        result = run_loop(run_async(args, opts))
     except (OSError, TimeoutError, ConnectionError) as exc:
         print(f"collab loadtest: cannot load {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
+    finally:
+        if args.cleanup:
+            deleted, problem = cleanup(args.url, opts.prefix)
+            print(f"collab loadtest: cleanup deleted {deleted} documents named {opts.prefix}-…"
+                  + (f"; stopped: {problem}" if problem else ""), file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -18,6 +18,7 @@ import asyncio
 import heapq
 import random
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ class Options:
     connect_concurrency: int = 64
     transport: str = "websocket"
     """``websocket``, or ``poll`` for collab's HTTP fallback."""
+    prefix: str = field(default_factory=lambda: "lt-" + secrets.token_hex(4))
+    """Every document this run opens is named ``<prefix>-…`` (``--cleanup`` deletes them)."""
 
 
 @dataclass(slots=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -58,10 +57,6 @@ class Progress:
             sys.stderr.flush()
 
 
-def _prefix() -> str:
-    return "lt-" + secrets.token_hex(4)
-
-
 async def _connect(run: Run, load: Load, prefix: str) -> tuple[list[Room], list[Client], float]:
     rooms = engine.make_rooms(run, prefix, load.rooms, load.clients, load.writers)
     start = time.perf_counter()
@@ -94,7 +89,7 @@ async def fanout(opts: Options, load: Load, *, progress: bool = True) -> dict[st
     """R rooms x C clients, W writers per room at a fixed rate; latency to every receiver."""
     run = Run(opts)
     rng = random.Random(load.seed)
-    rooms, writers, connect_s = await _connect(run, load, _prefix())
+    rooms, writers, connect_s = await _connect(run, load, opts.prefix)
     connect_errors = run.connection_errors
     bar = Progress("load", load.duration, progress)
     try:
@@ -117,7 +112,7 @@ async def ramp(opts: Options, load: Load, *, factor: float = 1.5, steps: int = 1
     bound, a delivery is lost or a connection fails; report the highest rate held."""
     run = Run(opts)
     rng = random.Random(load.seed)
-    rooms, writers, _ = await _connect(run, load, _prefix())
+    rooms, writers, _ = await _connect(run, load, opts.prefix)
     results: list[dict[str, object]] = []
     held: dict[str, object] | None = None
     stop_reason = "steps exhausted"
@@ -217,7 +212,7 @@ async def join(opts: Options, room: str, count: int) -> dict[str, object]:
 
 async def join_storm(opts: Options, count: int, doc_size: int, room: str | None = None,
                      seed: bool = True) -> dict[str, object]:
-    room = room or _prefix() + "-storm"
+    room = room or opts.prefix + "-storm"
     seeded, keeper = await seed_document(opts, room, doc_size) if seed else (None, None)
     try:
         result = await join(opts, room, count)
@@ -234,7 +229,7 @@ async def idle(opts: Options, rooms: int, clients: int,
     """Open rooms x clients synced connections that send nothing, hold them while ``hold()``
     runs (the benchmark measures the server meanwhile), then close them."""
     run = Run(opts)
-    made = engine.make_rooms(run, _prefix(), rooms, clients, 0)
+    made = engine.make_rooms(run, opts.prefix, rooms, clients, 0)
     start = time.perf_counter()
     failures = await engine.open_clients(run, [c for r in made for c in r.clients])
     opened_s = time.perf_counter() - start
