@@ -53,6 +53,10 @@ PRESENCE_HOLD = 20.0
 """How long the presence of a client without a connection (the HTTP fallback) is kept after
 its last request ended; a live one sends its next request at once."""
 
+DIGEST_REUSE = 0.1
+"""Seconds a version may carry the digest of an earlier state of a changing document (a state
+the client holds too, so still true), instead of one computed per change."""
+
 REMOVALS_SHOWN = 60.0
 """A client catching up by diff is also sent the removals of this many seconds, so that it
 drops presence it holds of clients that left while it was away."""
@@ -220,6 +224,8 @@ class Room:
         self._full_step2: bytes | None = None
         self._doc_version = 0
         self._doc_digest: tuple[int, bytes] | None = None
+        self._doc_digest_at = 0.0
+        self.digest_reuse = DIGEST_REUSE
         self._presence_version = 0
         self._presence_digest: tuple[int, bytes] | None = None
         self._rebuilding: asyncio.Task[None] | None = None
@@ -398,8 +404,15 @@ class Room:
             member.peer.send(self._presence_frame(with_removals=True))
 
     def version(self) -> Version:
-        """What a member that received everything broadcast so far has."""
-        return Version(self.incarnation, self.history.seq, self.document_digest(),
+        """What a member that received everything broadcast so far has. Under a stream of
+        changes the document digest is refreshed at most every ``digest_reuse`` seconds (it
+        costs a pass over the delete set); an older one names a state the member holds too."""
+        cached = self._doc_digest
+        if cached is None or (cached[0] != self._doc_version
+                              and time.monotonic() - self._doc_digest_at >= self.digest_reuse):
+            self.document_digest()
+        assert self._doc_digest is not None
+        return Version(self.incarnation, self.history.seq, self._doc_digest[1],
                        self.presence_digest())
 
     def _lacks_any_of(self, state_vector: bytes) -> bool:
@@ -415,6 +428,7 @@ class Room:
             delete_set = self.doc.diff(self.doc.state_vector())
             cached = self._doc_digest = (self._doc_version,
                                          document_digest(self.doc.state_vector(), delete_set))
+            self._doc_digest_at = time.monotonic()
         return cached[1]
 
     def presence_digest(self) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
@@ -105,4 +106,28 @@ async def test_an_idle_poller_without_affinity_is_answered_nothing_new(
     # Three idle answers, two of them from the other instance: nothing at all in them.
     assert poller.received[before:] == [], poller.received[before:]
     await writer.close()
+    await poller.close()
+
+
+def parked_on(server: ServerProcess) -> int:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        return int(json.load(response)["poll"]["parked"])
+
+
+async def test_a_poller_carries_on_when_the_instance_holding_its_poll_is_killed(
+        instances: list[ServerProcess], balancer: Balancer) -> None:
+    room = f"poll-kill-{secrets.token_hex(4)}"
+    poller = await PollClient(balancer.http_url + "/poll", room).start()
+    watcher = await PyClient(instances[1].ws_url, room).start()
+    await poller.insert("before ")
+    await watcher.wait_text("before ")
+    await wait_until(lambda: parked_on(instances[0]) >= 1, 20, interval=0.05)
+    instances[0].kill()  # its parked poll is cut; the next request goes to the live instance
+    await poller.insert("after")
+    await watcher.wait_text("before after", 30)
+    await watcher.insert("!")
+    await poller.wait_text("before after!", 30)
+    assert poller.close_info is None  # it never gave up
+    await poller.wait_for(lambda: poller.acks >= 2, 20)
+    await watcher.close()
     await poller.close()

@@ -537,3 +537,22 @@ async def test_acks_of_a_request_can_be_awaited(store: Store) -> None:
     await asyncio.gather(*waiting)
     await asyncio.sleep(0)
     assert len(updates(send)) == 1
+
+
+async def test_a_version_may_name_an_earlier_state_but_never_one_the_client_lacks(store: Store) -> None:
+    room = Room("r", store, RecordingBus())
+    room.digest_reuse = 3600.0  # as if "b" came right after the first answer
+    writer = joined(room)
+    a, b = edit("a"), edit("b")
+    room.receive(writer, protocol.SyncUpdate(a))
+    first = room.version()
+    room.receive(writer, protocol.SyncUpdate(b))
+    quick = room.version()  # within the reuse window: the digest of the state before "b"
+    assert quick.seq > first.seq and quick.document == first.document
+    assert quick.document != room.document_digest()  # the exact digest is computed for comparisons
+    other = Room("r", store, RecordingBus())  # another instance that has only "a"
+    other.on_bus_message(BusMessage("r", Kind.UPDATE, a))
+    client = crdt.document_from([a, b])
+    # The client holds all the other instance has (no diff), and more: it is asked for it.
+    answer = sent(polled(other, "client-a", quick, vector=client.state_vector()))
+    assert [type(m) for m in answer] == [protocol.SyncStep1]
