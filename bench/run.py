@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -671,6 +672,17 @@ server's CPU (`/proc/PID/stat`, all threads) and how busy both cores were (`/pro
 """
 
 
+SECTION = re.compile(r"<!-- (?P<name>[\w-]+):start -->.*?<!-- (?P=name):end -->\n?", re.DOTALL)
+
+
+def with_sections_of(output: Path, text: str) -> str:
+    """``text`` followed by the sections other benchmark scripts wrote into ``output`` (each
+    between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``), which this report keeps."""
+    old = output.read_text() if output.is_file() else ""
+    kept = [match.group(0).rstrip("\n") for match in SECTION.finditer(old)]
+    return text.rstrip("\n") + "".join(f"\n\n{section}" for section in kept) + "\n"
+
+
 def load_rows(path: Path) -> list[dict[str, Any]]:
     return list(json.loads(path.read_text()))
 
@@ -725,7 +737,8 @@ def main() -> int:
     if args.render:
         rows = load_rows(Path(args.render))
         profile.repeats = 1 + max((r["repeat"] for r in rows), default=0)
-        output.write_text(markdown(rows, profile, command, environment(), args.preliminary))
+        output.write_text(with_sections_of(output, markdown(rows, profile, command, environment(),
+                                                            args.preliminary)))
         return 0
     table = scenarios(profile)
     chosen = args.scenarios.split(",") if args.scenarios else list(table)
@@ -752,7 +765,7 @@ def main() -> int:
 
     rows = run_all(profile, servers, chosen, results_dir, rows=list(earlier), save=save)
     save(rows)
-    output.write_text(markdown(rows, profile, command, meta, args.preliminary))
+    output.write_text(with_sections_of(output, markdown(rows, profile, command, meta, args.preliminary)))
     print(f"wrote {output} and {raw}", file=sys.stderr)
     return 0
 
