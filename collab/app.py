@@ -129,7 +129,10 @@ class Collab:
                    flood_patience=settings.flood_patience),
         )
         self.polls = PollEndpoint(self.rooms, self.admission, PollLimits(
-            max_body=settings.max_message_size, timeout=settings.poll_timeout))
+            max_body=settings.max_message_size, timeout=settings.poll_timeout,
+            max_message_rate=settings.max_message_rate, message_burst=settings.message_burst,
+            flood_patience=settings.flood_patience))
+
         self.guard = RequestGuard(timeout=settings.request_timeout, max_head=settings.max_request_head,
                                   max_pending=settings.max_handshakes)
         """Bounds requests before the app sees them; ``collab serve`` installs it in uvicorn."""

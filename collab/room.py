@@ -637,6 +637,9 @@ class Room:
                 raise Refused(codes.PRESENCE_TOO_LARGE, "presence state larger than "
                               f"{limits.max_presence_state} bytes")
         own = member.awareness_ids
+        if member.lease is not None:  # a client without a connection: what its lease holds
+            own = own | {cid for cid, state in self.presence.items()
+                         if state.owner is member.lease and not state.entry.is_removal}
         fresh = {e.client_id for e in entries if e.client_id not in own and self._is_new_to(e)}
         if len(own) + len(fresh) > limits.max_presence_entries:
             self.stats.presence_entries_refused += 1

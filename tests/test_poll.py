@@ -267,3 +267,24 @@ async def test_a_read_only_poller_sees_everything_is_told_once_and_its_posts_are
     await reader.close()
     await writer.close()
 
+
+
+async def test_a_client_is_held_to_the_message_rate_and_a_flood_is_refused(
+        server_factory: ServerFactory) -> None:
+    server = server_factory(args=["--max-message-rate", "50", "--message-burst", "10",
+                                  "--flood-patience", "0.5"])
+    http = _client(server)
+    frames = [protocol.encode_awareness(protocol.encode_awareness_payload([AwarenessEntry(5, n, "{}")]))
+              for n in range(1, 21)]
+    statuses = []
+    for _ in range(10):
+        response = await http.post("/poll/doc?client=flooding", encode_body(frames))
+        statuses.append(response.status)
+        if response.status != 200:
+            assert response.status == 429 and b"rate limited" in response.body
+            break
+    assert statuses[0] == 200 and statuses[-1] == 429  # slowed first, then refused
+    assert json.loads(_metrics(server))["poll"]["throttled"] >= 1
+    other = await http.post("/poll/doc?client=someone-else", encode_body(frames[:1]))
+    assert other.status == 200  # the limit is the flooding client's, not the document's
+    http.close()

@@ -11,9 +11,10 @@ import pytest
 from collab import crdt, protocol
 from collab.admission import READ, WRITE, Access
 from collab.bus import BusMessage, Kind, LocalBus
+from collab.codes import Refused
 from collab.history import History
 from collab.protocol import AwarenessEntry
-from collab.room import Member, Room
+from collab.room import Member, Room, RoomLimits
 from collab.rooms import Rooms
 from collab.store import Store, open_store
 from collab.version import Version
@@ -556,3 +557,17 @@ async def test_a_version_may_name_an_earlier_state_but_never_one_the_client_lack
     # The client holds all the other instance has (no diff), and more: it is asked for it.
     answer = sent(polled(other, "client-a", quick, vector=client.state_vector()))
     assert [type(m) for m in answer] == [protocol.SyncStep1]
+
+
+async def test_the_presence_entries_of_a_client_without_a_connection_count_across_its_requests(
+        store: Store) -> None:
+    room = Room("r", store, RecordingBus(), limits=RoomLimits(max_presence_entries=2))
+    for client_id in (1, 2):
+        send = request(room, "client-a")
+        room.receive(send, awareness(AwarenessEntry(client_id, 1, "{}")))
+        room.leave(send)
+    third = request(room, "client-a")
+    with pytest.raises(Refused):
+        room.receive(third, awareness(AwarenessEntry(3, 1, "{}")))
+    room.receive(third, awareness(AwarenessEntry(1, 2, '{"moved":1}')))  # its own: still fine
+    assert {e.client_id for e in room.live_presence()} == {1, 2}

@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from collab import codes, crdt, protocol
 from collab.admission import Access, AccessRequest, Admission, Refused
+from collab.limits import TokenBucket
 from collab.metrics import counter, gauge, labelled
 from collab.room import Member
 from collab.rooms import DELETED_REASON, DocumentDeleted, Rooms
@@ -49,6 +50,12 @@ class PollLimits:
     """How long a poll is parked when there is nothing to send (below common proxy limits)."""
     ack_timeout: float = 10.0
     """How long a send waits for the store before it answers "try again"."""
+    max_message_rate: float = 200.0
+    """Messages per second one client may send (on average; the WebSocket's limit), counted
+    per client and document on this instance."""
+    message_burst: int = 1000
+    flood_patience: float = 10.0
+    """Seconds a client may be held to the rate without a break before it is refused (429)."""
 
 
 @dataclass(slots=True)
@@ -56,6 +63,8 @@ class PollStats:
     polls: int = counter("HTTP fallback polls answered")
     sends: int = counter("HTTP fallback sends taken")
     parked: int = gauge("HTTP fallback polls waiting now")
+    throttled: int = counter("HTTP fallback requests whose answer was delayed to hold their client "
+                             "to the message rate")
     refused: dict[int, int] = labelled("status", "HTTP fallback requests answered with an error, by status")
 
 
@@ -111,6 +120,7 @@ class PollEndpoint:
         self.limits = limits
         self.stats = PollStats()
         self.parked: set[PollPeer] = set()
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -196,6 +206,7 @@ class PollEndpoint:
     async def _serve(self, name: str, query: PollQuery, body: PollBody, access: Access,
                      receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         polling = body.state_vector is not None
+        await self._hold_to_rate(name, query.client, len(body.messages) + polling)
         peer = PollPeer(only_sync=not polling)
         try:
             member = await self.rooms.join(name, peer, access, wants_acks=query.acks,
@@ -231,6 +242,34 @@ class PollEndpoint:
             headers.append((pollwire.VERSION_HEADER.encode(), room.version().encode().encode()))
         return 200, pollwire.encode_body(peer.frames), headers
 
+    async def _hold_to_rate(self, name: str, client: str, messages: int) -> None:
+        """The WebSocket's message rate, for a client without a connection: its requests are
+        answered later instead of read later; one held there for the patience is refused."""
+        limits = self.limits
+        now = asyncio.get_running_loop().time()
+        bucket = self._buckets.get((name, client))
+        if bucket is None:
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._forget_full_buckets(now)
+            bucket = self._buckets[(name, client)] = TokenBucket(
+                limits.max_message_rate, limits.message_burst, limits.flood_patience, now)
+        wait = 0.0
+        for _ in range(messages):
+            wait = bucket.take(now)
+        if bucket.flooding(now):
+            raise Answer(codes.RATE_LIMITED.http or 429,
+                         f"rate limited: more than {limits.max_message_rate:g} messages per second")
+        if wait > 0:
+            self.stats.throttled += 1
+            await asyncio.sleep(wait)
+
+    def _forget_full_buckets(self, now: float) -> None:
+        """Drop the buckets that have refilled: their clients are as good as new."""
+        refill = self.limits.message_burst / self.limits.max_message_rate
+        for key, bucket in list(self._buckets.items()):
+            if now - bucket.stamp >= refill:
+                del self._buckets[key]
+
     async def _park(self, peer: PollPeer, receive: Receive) -> None:
         """Wait for a frame, a close, the timeout, or the client going away."""
         loop = asyncio.get_running_loop()
@@ -264,6 +303,9 @@ class PollEndpoint:
         for peer in list(self.parked):
             peer.close(code, reason)
 
+
+MAX_BUCKETS = 10_000
+"""Rate buckets kept before the refilled ones are forgotten."""
 
 _GONE = object()
 
