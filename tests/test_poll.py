@@ -288,3 +288,35 @@ async def test_a_client_is_held_to_the_message_rate_and_a_flood_is_refused(
     other = await http.post("/poll/doc?client=someone-else", encode_body(frames[:1]))
     assert other.status == 200  # the limit is the flooding client's, not the document's
     http.close()
+
+
+async def test_signed_tokens_work_over_the_fallback_as_over_a_websocket(
+        server_factory: ServerFactory) -> None:
+    from collab.tokens import mint
+
+    secret = "poll-secret-" + "z" * 32
+    server = server_factory("memory://", env={"COLLAB_SECRET": secret})
+    http = _client(server)
+    step1 = encode_body([protocol.encode_sync_step1(b"\x00")])
+    missing = await http.post("/poll/doc?client=abcdefgh&wait=1", step1)
+    other_doc = await http.post(
+        f"/poll/doc?client=abcdefgh&token={mint(secret, mode='write', ttl=60, doc='other')}", step1)
+    assert missing.status == 401 and other_doc.status == 403  # a reason, no document
+    assert missing.headers["content-type"].startswith("text/plain")
+    writer = await PollClient(poll_url(server), "doc", client_id=1,
+                              params={"token": mint(secret, mode="write", ttl=60, doc="doc")}).start()
+    await writer.insert("signed")
+    reader = await PollClient(poll_url(server), "doc", client_id=2,
+                              params={"token": mint(secret, mode="read", ttl=60, doc="doc")}).start()
+    await reader.wait_text("signed")
+    assert reader.read_only
+    forged = crdt.Document().edit_text(0, "forged") or b""
+    read_token = mint(secret, mode="read", ttl=60, doc="doc")
+    refused = await http.post(f"/poll/doc?client=readerkey&token={read_token}",
+                              encode_body([protocol.encode_sync_update(forged)]))
+    assert refused.status == 403 and refused.body.decode().strip() == "read-only"
+    await writer.insert(" more")
+    await reader.wait_text("signed more")
+    http.close()
+    await writer.close()
+    await reader.close()
