@@ -239,6 +239,14 @@ class Room:
         self.doc = self._loaded_document(stored)
         self.size_bound = sum(len(update) for update in stored.updates)
         self._measured_size = 0
+        self._document_replaced()
+
+    def _document_replaced(self) -> None:
+        """A new document (a load, a rebuild): the versions issued for the old one no longer
+        say what a client has, so their history ends with a new incarnation."""
+        self._doc_version += 1
+        self.incarnation = os.urandom(8)
+        self.history = History()
 
     def _loaded_document(self, stored: StoredDocument) -> crdt.Document:
         doc = crdt.Document()
@@ -302,6 +310,7 @@ class Room:
                     log.error("room %r: the stored document fails the engine too (%s); it is "
                               "served empty until a client brings it back", self.name, panic)
                     self.doc = crdt.Document()
+                    self._document_replaced()
                     break
                 except Exception as exc:
                     log.error("room %r: rebuilding from the store failed (%s); retrying", self.name, exc)
@@ -356,13 +365,17 @@ class Room:
             if lease.requests == 0:
                 lease.idle_since = time.monotonic()
 
-    def goodbye(self, client_key: str) -> None:
-        """The client without a connection says it is leaving: its presence goes at once."""
+    def goodbye(self, client_key: str, *, publish: bool = True) -> None:
+        """The client without a connection says it is leaving: its presence goes at once, here
+        and (``publish``) on the other instances, each removing what that client brought to it
+        (the key is the client's own secret: only it can say goodbye for it)."""
         lease = self.leases.get(client_key)
         if lease is not None:
             self._remove_presence_of(lease)
             if lease.requests == 0:
                 del self.leases[client_key]
+        if publish:
+            self.bus.publish(self.name, Kind.GOODBYE, client_key.encode("ascii"))
 
     def _remove_presence_of(self, owner: Member | Lease) -> None:
         removed = [AwarenessEntry(client_id, state.entry.clock, "null")
@@ -377,9 +390,10 @@ class Room:
         From this room's own history the member is sent exactly what it missed (nothing, if
         nothing happened); otherwise the diff against ``state_vector`` and the presence,
         unless the digests show the client has it all. The server's step 1 goes along when
-        the client may hold something the server lacks (its first request, or a state vector
-        ahead of the server's, when it comes from elsewhere), so the client answers with its
-        step 2; a read-only client is told so first, on its first request."""
+        the client may hold something the server lacks (its first request, a document that
+        differs from the one it was last told of, or a state vector ahead of the server's),
+        so the client answers with its step 2; a read-only client is told so first, on its
+        first request."""
         try:
             self._resume(member, state_vector, since)
         except crdt.EnginePanic as panic:
@@ -395,9 +409,12 @@ class Room:
                 return
         if since is None and not member.may_write:
             member.peer.send(READ_ONLY_FRAME)  # first, so that it sends none of its changes
-        if since is None or since.document != self.document_digest():
+        differs = since is None or since.document != self.document_digest()
+        if differs:
             member.peer.send(self._step2_for(state_vector))
-        if since is None or self._lacks_any_of(state_vector):
+        if differs or self._lacks_any_of(state_vector):
+            # The client may hold what this document lacks: deletions too, which no state
+            # vector shows (another instance that died before storing them, a rebuilt room).
             member.peer.send(protocol.encode_sync_step1(self.doc.state_vector()))
         if (since is None and self.presence) or (since is not None
                                                  and since.presence != self.presence_digest()):
@@ -713,6 +730,8 @@ class Room:
         try:
             if message.kind is Kind.UPDATE:
                 self._integrate_elsewhere(message.payload)
+            elif message.kind is Kind.GOODBYE:
+                self.goodbye(message.payload.decode("ascii", "replace"), publish=False)
             elif message.kind is Kind.AWARENESS:
                 entries = protocol.decode_awareness_payload(message.payload)
                 accepted, _appeared = self._merge_presence(entries, owner=None)

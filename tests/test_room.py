@@ -427,7 +427,8 @@ async def test_another_instances_version_of_the_same_content_means_nothing_new(s
     assert produced is not None
     there.on_bus_message(BusMessage("r", Kind.UPDATE, produced))  # a deletion: same state vector
     answer = sent(polled(there, "client-a", version, vector=here.doc.state_vector()))
-    assert [type(m) for m in answer] == [protocol.SyncStep2]  # the diff, and nothing else
+    # The diff, and a step 1: the client may hold deletions this instance lacks, too.
+    assert [type(m) for m in answer] == [protocol.SyncStep2, protocol.SyncStep1]
     client = crdt.document_from([update])
     client.apply(answer[0].update)  # type: ignore[union-attr]
     assert client.text() == "me"
@@ -571,3 +572,25 @@ async def test_the_presence_entries_of_a_client_without_a_connection_count_acros
         room.receive(third, awareness(AwarenessEntry(3, 1, "{}")))
     room.receive(third, awareness(AwarenessEntry(1, 2, '{"moved":1}')))  # its own: still fine
     assert {e.client_id for e in room.live_presence()} == {1, 2}
+
+
+async def test_a_goodbye_heard_on_the_bus_removes_what_that_client_brought_here(store: Store) -> None:
+    """The goodbye may reach an instance where the client never announced itself: it goes on
+    the bus, and the instance that holds the client's presence removes it."""
+    here_bus, there_bus = RecordingBus(), RecordingBus()
+    here, there = Room("r", store, here_bus), Room("r", store, there_bus)
+    watcher = joined(here)
+    send = request(here, "client-a")
+    here.receive(send, awareness(AwarenessEntry(5, 1, '{"n":1}')))
+    here.leave(send)
+    bye = request(there, "client-a")
+    there.goodbye("client-a")  # nothing of client-a's here...
+    there.leave(bye)
+    assert there_bus.published[-1] == ("r", Kind.GOODBYE, b"client-a")  # ...so it tells the others
+    here.on_bus_message(BusMessage("r", Kind.GOODBYE, b"client-b"))  # someone else's: nothing
+    assert here.live_presence() == [AwarenessEntry(5, 1, '{"n":1}')]
+    here.on_bus_message(BusMessage("r", Kind.GOODBYE, b"client-a"))
+    assert here.live_presence() == []
+    assert protocol.decode_awareness_payload(sent(watcher)[-1].payload) == [  # type: ignore[union-attr]
+        AwarenessEntry(5, 1, "null")]
+    assert here_bus.published[-1][1] is Kind.AWARENESS  # the removal, for everyone else

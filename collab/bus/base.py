@@ -24,6 +24,9 @@ class Kind(str, Enum):
     """An awareness payload (y-protocols encoding), already validated by the publisher."""
     DELETED = "d"
     """The document was deleted (no payload): close its clients and forget it."""
+    GOODBYE = "g"
+    """A client without a connection said it is leaving (payload: its client key): every
+    instance removes the presence that client brought to it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,9 +63,11 @@ COMMITTED = 4
 """Payload: varuint N; every HELD_UPDATE of this publisher and room up to seq N is stored."""
 DELETED = 5
 """No payload: the document was deleted."""
-_CODES = {MARKER, UPDATE, AWARENESS, HELD_UPDATE, COMMITTED, DELETED}
+GOODBYE = 6
+"""Payload: the client key of a client without a connection that left (see Kind.GOODBYE)."""
+_CODES = {MARKER, UPDATE, AWARENESS, HELD_UPDATE, COMMITTED, DELETED, GOODBYE}
 _KIND_OF_CODE = {UPDATE: Kind.UPDATE, AWARENESS: Kind.AWARENESS, HELD_UPDATE: Kind.UPDATE,
-                 DELETED: Kind.DELETED}
+                 DELETED: Kind.DELETED, GOODBYE: Kind.GOODBYE}
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError, EOFError)
 
 
@@ -92,7 +94,9 @@ class Frame:
 def code_of(kind: Kind, *, held: bool = False) -> int:
     if kind is Kind.UPDATE:
         return HELD_UPDATE if held else UPDATE
-    return DELETED if kind is Kind.DELETED else AWARENESS
+    if kind is Kind.DELETED:
+        return DELETED
+    return GOODBYE if kind is Kind.GOODBYE else AWARENESS
 
 
 def encode_frame(publisher: bytes, seq: int, code: int, payload: bytes = b"") -> bytes:

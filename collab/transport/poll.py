@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
-from collab import codes, crdt, protocol
+from collab import codes, crdt, gate, protocol
 from collab.admission import Access, AccessRequest, Admission, Refused
 from collab.limits import TokenBucket
 from collab.metrics import counter, gauge, labelled
@@ -193,12 +193,12 @@ class PollEndpoint:
             raise Answer(codes.FORBIDDEN.http or 403, codes.READ_ONLY_REASON)
         for update in changes:
             try:
-                crdt.state_vector_of(update)  # decodes it: a bad one refuses the whole body
+                gate.check_update(update)  # the room's own gate: a bad one refuses the whole body
             except crdt.InvalidUpdate as exc:
                 raise Answer(codes.INVALID_UPDATE.http or 400, f"invalid Yjs update: {exc}") from None
         if body.state_vector is not None:
             try:
-                crdt.decode_state_vector(body.state_vector)
+                gate.check_state_vector(body.state_vector)
             except crdt.InvalidUpdate as exc:
                 raise Answer(codes.BAD_MESSAGE.http or 400, f"malformed message: {exc}") from None
         return body
@@ -228,8 +228,10 @@ class PollEndpoint:
             else:
                 self.stats.sends += 1
                 await self._await_acks(member)
-        except (protocol.ProtocolError, crdt.InvalidUpdate) as exc:
-            raise Answer(codes.BAD_MESSAGE.http or 400, f"refused: {exc}") from None
+        except protocol.ProtocolError as exc:
+            raise Answer(codes.BAD_MESSAGE.http or 400, f"malformed message: {exc}") from None
+        except crdt.InvalidUpdate as exc:
+            raise Answer(codes.INVALID_UPDATE.http or 400, f"invalid Yjs update: {exc}") from None
         except Refused as refused:  # past a room's limit: refused as a connection would be closed
             raise Answer(refused.status, refused.reason) from None
         finally:
