@@ -284,7 +284,7 @@ async def test_a_client_is_held_to_the_message_rate_and_a_flood_is_refused(
             assert response.status == 429 and b"rate limited" in response.body
             break
     assert statuses[0] == 200 and statuses[-1] == 429  # slowed first, then refused
-    assert json.loads(_metrics(server))["poll"]["throttled"] >= 1
+    assert scrape(server.http_url).value("collab_poll_throttled_total") >= 1
     other = await http.post("/poll/doc?client=someone-else", encode_body(frames[:1]))
     assert other.status == 200  # the limit is the flooding client's, not the document's
     http.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from collab import protocol
 from collab.protocol import AwarenessEntry
 from tests.balancer import Balancer
+from tests.metrics import scrape
 from tests.pollclient import PollClient
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
@@ -110,8 +110,7 @@ async def test_an_idle_poller_without_affinity_is_answered_nothing_new(
 
 
 def parked_on(server: ServerProcess) -> int:
-    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
-        return int(json.load(response)["poll"]["parked"])
+    return int(scrape(server.http_url).value("collab_poll_parked"))
 
 
 async def test_a_poller_carries_on_when_the_instance_holding_its_poll_is_killed(
