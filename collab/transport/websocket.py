@@ -101,8 +101,8 @@ class WebSocketPeer:
     and keepalives come from one sweeper for all peers.
     """
 
-    __slots__ = ("close_request", "drain_task", "endpoint", "last_sent", "queue", "queued_bytes",
-                 "reader_task", "send_event")
+    __slots__ = ("close_request", "drain_task", "endpoint", "gone", "last_sent", "queue",
+                 "queued_bytes", "reader_task", "send_event")
 
     def __init__(self, send_event: Send, endpoint: WebSocketEndpoint,
                  reader_task: asyncio.Task[object]) -> None:
@@ -114,9 +114,11 @@ class WebSocketPeer:
         self.drain_task: asyncio.Task[None] | None = None
         self.last_sent = math.inf  # no keepalive before the join has sent the first frame
         self.close_request: tuple[int, str] | None = None
+        self.gone = False
+        """The connection refused a send: the client left, and its reader learns how."""
 
     def send(self, frame: bytes) -> None:
-        if self.close_request is not None:
+        if self.close_request is not None or self.gone:
             return
         traffic = self.endpoint.traffic
         traffic.messages_sent += 1
@@ -147,8 +149,8 @@ class WebSocketPeer:
         except StopIteration:
             self.last_sent = time.monotonic()
             return
-        except Exception:  # the client is gone; its reader sees the disconnect
-            self.close(codes.NORMAL.close, "")
+        except Exception:  # the client is gone; its reader sees the disconnect and its code
+            self.gone = True
             return
         self.drain_task = asyncio.get_running_loop().create_task(self._drain(sending, waiting_on))
 
