@@ -105,8 +105,10 @@ class Collab:
             raise ValueError(f"no built editor in {settings.web_dir} (COLLAB_WEB_DIR): index.html is missing")
         self.store: Store = open_store(settings.store, commit_window=settings.commit_window,
                                        compact_threshold=settings.compact_threshold)
-        self.bus: Bus = open_bus(settings.redis, settings.instance_id)
+        self.bus: Bus = open_bus(settings.redis, settings.instance_id,
+                                 answer_timeout=settings.bus_timeout)
         self.rooms = Rooms(self.store, self.bus, idle_seconds=settings.room_idle,
+                           bus_poll_interval=settings.bus_poll_interval,
                            durable_acks=settings.durable_acks,
                            presence_hold=settings.poll_presence_hold, limits=RoomLimits(
                                max_document_size=settings.max_document_size,

@@ -163,6 +163,14 @@ class Settings:
     redis: str | None = field(default=None, metadata={"option": Option(
         "Redis URL for fan-out between instances (redis://HOST:6379); none for one instance",
         "COLLAB_REDIS_URL", metavar="URL")})
+    bus_timeout: float = field(default=3.0, metadata={"option": Option(
+        "the Redis bus counts as down when Redis leaves a ping or a publish unanswered this "
+        "long (a hung Redis), as when it refuses connections; rooms then converge through the "
+        "store", "COLLAB_BUS_TIMEOUT", positive_float, "SECONDS")})
+    bus_poll_interval: float = field(default=1.0, metadata={"option": Option(
+        "while the bus is down, each room with clients reads what other instances stored "
+        "this often and hands it to its clients", "COLLAB_BUS_POLL_INTERVAL", positive_float,
+        "SECONDS")})
     log_level: str = field(default="info", metadata={"option": Option(
         "critical, error, warning, info, debug or trace", "COLLAB_LOG_LEVEL", log_level, "LEVEL")})
     secret: str | None = field(default=None, repr=False, metadata={"option": Option(

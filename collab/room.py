@@ -96,6 +96,11 @@ class RoomStats:
     presence_states_too_large: int = 0
     presence_entries_refused: int = 0
     size_measurements: int = 0
+    bus_outages: int = counter("times the bus was found down and rooms began to converge "
+                               "through the store")
+    bus_outage_reads: int = counter("store reads of rooms catching up while the bus was down")
+    bus_outage_updates: int = counter("stored updates of other instances that rooms applied "
+                                      "while the bus was down")
 
 
 FROM_CLIENT = "client"
@@ -220,7 +225,10 @@ class Room:
         """Set once the document was deleted: nothing more is applied or stored here."""
         self.on_deleted: Callable[[], None] | None = None
         """Called when this room learns that the document was deleted elsewhere."""
-        self._catching_up: asyncio.Task[None] | None = None
+        self._catching_up: asyncio.Task[int] | None = None
+        self._from_store: tuple[int | None, AbstractSet[int]] = (None, frozenset())
+        """What this document holds of the store: the snapshot version applied and the log
+        positions applied after it (a catch-up skips them)."""
         self._full_step2: bytes | None = None
         self._doc_version = 0
         self._doc_digest: tuple[int, bytes] | None = None
@@ -247,6 +255,7 @@ class Room:
         self._doc_version += 1
         self.incarnation = os.urandom(8)
         self.history = History()
+        self._from_store = (None, frozenset())
 
     def _loaded_document(self, stored: StoredDocument) -> crdt.Document:
         doc = crdt.Document()
@@ -258,22 +267,41 @@ class Room:
                         self.name, doc.waiting)
         return doc
 
-    async def catch_up(self) -> None:
-        """Re-read the store after the bus may have dropped messages; duplicates are no-ops."""
-        stored = await self.store.load(self.name)
+    async def catch_up(self) -> int:
+        """Re-read the store after the bus may have dropped messages, or while it is down, and
+        apply what other instances stored: the log entries this document has not applied yet
+        and the snapshot when it changed (a compaction); what repeats known changes is a no-op
+        anyway. Members are sent what changed. Returns how many stored updates changed it."""
+        stored = await self.store.read_log(self.name)
         if stored.deleted:
             self._deleted_elsewhere()
-            return
-        for update in stored.updates:
-            if self._rebuilding is not None:
-                return  # the rebuild reads the store itself
+            return 0
+        doc = self.doc
+        version, applied = self._from_store
+        if stored.version != version:  # a compaction deleted what it folded: read all again
+            applied = frozenset()
+        fresh: list[tuple[int | None, bytes]] = [
+            (position, update) for position, update in zip(stored.positions, stored.updates,
+                                                            strict=True)
+            if position not in applied]
+        if stored.snapshot is not None and stored.version != version:
+            fresh.insert(0, (None, stored.snapshot))
+        changed = 0
+        retry: set[int | None] = set()  # too much waited already: read it again next time
+        for position, update in fresh:
+            if self._rebuilding is not None or self.doc is not doc:
+                return changed  # a rebuild reads the store itself
             try:
-                self._integrate_elsewhere(update)
-            except crdt.InvalidUpdate:
-                continue
+                changed += self._integrate_elsewhere(update)
+            except crdt.InvalidUpdate as refused:
+                if refused.reason == "waiting":
+                    retry.add(position)
             except crdt.EnginePanic as panic:
                 self._engine_failed(panic)
-                return
+                return changed
+        self._from_store = (version if None in retry else stored.version,
+                            frozenset(stored.positions) - retry)
+        return changed
 
     async def ready(self) -> None:
         """Wait until the room is not being rebuilt (joiners sync only with a sound document)."""
@@ -516,12 +544,14 @@ class Room:
                 committed.add_done_callback(_retrieve)
                 self.bus.publish(self.name, Kind.UPDATE, change.update, durable=committed)
 
-    def _integrate_elsewhere(self, update: bytes) -> None:
-        """An update heard on the bus or read from the store: broadcast what it changed."""
+    def _integrate_elsewhere(self, update: bytes) -> bool:
+        """An update heard on the bus or read from the store: broadcast what it changed.
+        Returns whether it changed the document."""
         applied = self._integrate(update, FROM_ELSEWHERE)
         if applied.update is not None:
             self._broadcast(protocol.encode_sync_update(applied.update), exclude=None)
         self._released(applied)
+        return applied.update is not None or bool(applied.released)
 
 
     def _check_growth(self, update: bytes) -> None:
@@ -761,11 +791,12 @@ class Room:
         if self._catching_up is None or self._catching_up.done():
             self._catching_up = asyncio.create_task(self._catch_up_quietly())
 
-    async def _catch_up_quietly(self) -> None:
+    async def _catch_up_quietly(self) -> int:
         try:
-            await self.catch_up()
+            return await self.catch_up()
         except Exception as exc:
             log.warning("room %r: catch-up from the store failed: %s", self.name, exc)
+            return 0
 
     def expire_presence(self, now: float | None = None) -> None:
         """Drop presence heard from other instances that stopped renewing it (a dead instance),

@@ -28,10 +28,16 @@ class Rooms:
     """Get-or-load rooms by name. Clients that arrive while a room loads wait for that one load
     (a client never syncs against a half-loaded document); a room whose last peer left is
     flushed, compacted and dropped after ``idle_seconds`` (a room that holds the presence of
-    clients between two requests is kept until that presence expires)."""
+    clients between two requests is kept until that presence expires).
+
+    While the bus is down (Redis refusing connections or not answering), the instances holding
+    a room would drift apart for the whole outage: so every ``bus_poll_interval`` seconds each
+    room with clients reads what the others stored and hands it to its members, until the bus
+    is healthy again (it then catches up once more by itself)."""
 
     def __init__(self, store: Store, bus: Bus, *, idle_seconds: float = 5.0,
                  durable_acks: bool = True, housekeeping_interval: float = 5.0,
+                 bus_poll_interval: float = 1.0,
                  presence_hold: float = PRESENCE_HOLD, limits: RoomLimits | None = None) -> None:
         self.store = store
         self.bus = bus
@@ -40,6 +46,7 @@ class Rooms:
         self.idle_seconds = idle_seconds
         self.durable_acks = durable_acks
         self.housekeeping_interval = housekeeping_interval
+        self.bus_poll_interval = bus_poll_interval
         self.presence_hold = presence_hold
         self.refusals = Refusals()
         self.rooms: dict[str, Room] = {}
@@ -48,10 +55,11 @@ class Rooms:
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
         self._deleting: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
-        self.stats = RoomStats()
+        self._bus_watch: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="rooms-housekeeping")
+        self._bus_watch = asyncio.create_task(self._converge_while_bus_down(), name="rooms-bus-watch")
 
     async def join(self, name: str, peer: Peer, access: Access, *, wants_acks: bool = False,
                    client_key: str | None = None) -> Member:
@@ -202,15 +210,51 @@ class Rooms:
                 room.expire_presence()
                 self._evict_when_idle(room)
 
+    async def _converge_while_bus_down(self) -> None:
+        down = told_failure = False
+        while True:
+            await asyncio.sleep(self.bus_poll_interval)
+            if self.bus.healthy:
+                if down:
+                    log.info("the bus is healthy again; rooms stop reading the store for it")
+                down = False
+                continue
+            if not down:
+                down, told_failure = True, False
+                self.stats.bus_outages += 1
+                log.warning("the bus is down: rooms with clients read what other instances stored "
+                            "every %.1f s until it is back", self.bus_poll_interval)
+            failure = await self._read_store_for_bus()
+            if failure is not None and not told_failure:  # once per outage
+                told_failure = True
+                log.warning("while the bus is down, reading the store failed: %s", failure)
+
+    async def _read_store_for_bus(self) -> Exception | None:
+        """One catch-up of every room with clients, one room at a time (the store's load stays
+        one query per instance, however many rooms); the first failure, if any."""
+        failure = None
+        for room in list(self.rooms.values()):
+            if not (room.members or room.leases) or room.deleted or self.rooms.get(room.name) is not room:
+                continue
+            self.stats.bus_outage_reads += 1
+            try:
+                self.stats.bus_outage_updates += await room.catch_up()
+            except Exception as exc:
+                failure = failure or exc
+            if self.bus.healthy:
+                break
+        return failure
+
     async def close(self) -> None:
         """Stop housekeeping and pending evictions; the caller flushes and closes the store."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        for task in (self._housekeeping, self._bus_watch):
+            if task is not None:
+                task.cancel()
         for task in self._evictions.values():
             task.cancel()
         await asyncio.gather(*self._evictions.values(), return_exceptions=True)
-        if self._housekeeping is not None:
-            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        await asyncio.gather(*(t for t in (self._housekeeping, self._bus_watch) if t is not None),
+                             return_exceptions=True)
 
     @property
     def member_count(self) -> int:

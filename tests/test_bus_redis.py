@@ -4,7 +4,9 @@ exchanging messages through the real Redis, with their connections cut under the
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -25,7 +27,7 @@ from collab.bus.redis import (
     encode_frame,
 )
 from collab.protocol import write_var_uint
-from tests.services import REDIS_URL, free_port, need_redis
+from tests.services import REDIS_URL, free_port, need_redis, private_redis
 
 # --- sans-I/O -----------------------------------------------------------------------------
 
@@ -261,6 +263,37 @@ async def test_publish_never_blocks_or_raises_without_redis() -> None:
     finally:
         await asyncio.wait_for(bus.close(), 5)
     assert bus.stats.dropped == 1000
+
+
+@pytest.mark.redis
+async def test_a_hung_redis_makes_the_bus_unhealthy_until_it_answers_again(
+        make_bus: Callable[..., RedisBus]) -> None:
+    """A hung Redis (SIGSTOP: it still accepts connections and bytes) answers nothing: the bus
+    counts as unhealthy once a ping or a publish goes unanswered for ``answer_timeout``, and
+    as healthy again once Redis answers."""
+    with private_redis() as redis:
+        bus = make_bus(url=redis.url, ping_interval=0.2, answer_timeout=0.5, timeout=1.0,
+                       max_backoff=0.5)
+        await bus.open()
+        listener = Listener()
+        await bus.subscribe("hang", listener.on_message, listener.on_gap)
+        assert bus.healthy
+        assert redis.process is not None
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            paused_at = loop.time()
+            while bus.healthy:
+                assert loop.time() - paused_at < 5, "a hung Redis still counts as healthy"
+                await asyncio.sleep(0.05)
+            bus.publish("hang", Kind.UPDATE, b"into the void")  # never blocks the caller
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        resumed_at = asyncio.get_running_loop().time()
+        while not bus.healthy:
+            assert asyncio.get_running_loop().time() - resumed_at < 10, "the bus did not recover"
+            await asyncio.sleep(0.05)
+        assert bus.stats.reconnects >= 1
 
 
 @pytest.mark.redis

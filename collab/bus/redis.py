@@ -9,6 +9,9 @@ telling the room, which then catches up from the store.
 
 Two connections: a subscriber (one reader task; pings when idle so a silently dead link is
 noticed) and a publisher (one sender task draining a bounded queue in pipelined batches).
+The bus is unhealthy while either is disconnected, and also while Redis leaves a ping or a
+publish unanswered for ``answer_timeout`` seconds (a hung Redis accepts connections and bytes
+but answers nothing): the rooms then converge through the store until it is healthy again.
 ``publish`` only appends to that queue. Every frame carries the publisher's instance id and a
 per-(publisher, room) sequence number: receivers drop their own frames and call ``on_gap``
 when a number is skipped. When Redis is unreachable the sender drops what is queued, counts
@@ -189,14 +192,19 @@ class SequenceTracker:
 
 class RedisBus(Bus):
     def __init__(self, url: str, *, instance_id: str, channel_prefix: str = "collab:room:",
-                 settle_delay: float = 0.5, ping_interval: float = 5.0, timeout: float = 5.0,
-                 max_queue_bytes: int = 32 * 1024 * 1024, max_batch: int = 256,
-                 max_backoff: float = 5.0, confirm_timeout: float = 3.0,
+                 settle_delay: float = 0.5, ping_interval: float = 1.0, timeout: float = 5.0,
+                 answer_timeout: float = 3.0, max_queue_bytes: int = 32 * 1024 * 1024,
+                 max_batch: int = 256, max_backoff: float = 5.0, confirm_timeout: float = 3.0,
                  late_delay: float = 2.5) -> None:
+        """``ping_interval``: the subscriber pings after this long without traffic;
+        ``answer_timeout``: Redis leaving a ping or a publish unanswered this long makes the
+        bus unhealthy (the subscriber reconnects); ``timeout``: for connecting and for
+        commands, after which the connection is dropped."""
         self.instance_id = instance_id
         self.settle_delay = settle_delay
         self.late_delay = late_delay
         self.ping_interval = ping_interval
+        self.answer_timeout = answer_timeout
         self.max_queue_bytes = max_queue_bytes
         self.max_batch = max_batch
         self.max_backoff = max_backoff
@@ -222,6 +230,8 @@ class RedisBus(Bus):
         self._confirming: dict[bytes, asyncio.Future[None]] = {}
         self._sub_ok = False
         self._pub_ok = True
+        self._publishing_since: float | None = None
+        """When the batch being published was sent, until Redis answered it."""
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -261,7 +271,9 @@ class RedisBus(Bus):
 
     @property
     def healthy(self) -> bool:
-        return self._sub_ok and self._pub_ok
+        since = self._publishing_since
+        answering = since is None or time.perf_counter() - since < self.answer_timeout
+        return self._sub_ok and self._pub_ok and answering
 
     def gauges(self) -> dict[str, float]:
         return {"subscribed_rooms": len(self._rooms), "queued_messages": len(self._queue)}
@@ -284,7 +296,7 @@ class RedisBus(Bus):
                 self._confirming[channel] = confirmed
             try:
                 await sub.send_command("SUBSCRIBE", channel, check_health=False)
-                await asyncio.wait_for(asyncio.shield(confirmed), self.ping_interval)
+                await asyncio.wait_for(asyncio.shield(confirmed), self.answer_timeout)
             except _FAILURES as exc:
                 log.debug("subscribing %r not confirmed: %s", room, exc)
         self._schedule_gap(room)
@@ -377,12 +389,15 @@ class RedisBus(Bus):
                     backoff = 0.05
                 while self._queue:
                     batch = self._take_batch()
+                    self._publishing_since = time.perf_counter()
                     try:
                         await self._command(conn, *(("PUBLISH", self._channel(r), f) for r, f, _ in batch))
                     except BaseException:
                         for room, _frame, _queued_at in batch:
                             self._drop(room)
                         raise
+                    finally:
+                        self._publishing_since = None
                     self.stats.published += len(batch)
                     sent_at = time.perf_counter()
                     for _room, _frame, queued_at in batch:
@@ -461,10 +476,11 @@ class RedisBus(Bus):
     async def _read(self, conn: AbstractConnection) -> None:
         pinged = False
         while True:
-            response = await conn.read_response(timeout=self.ping_interval)
+            response = await conn.read_response(
+                timeout=self.answer_timeout if pinged else self.ping_interval)
             if response is None:
                 if pinged:
-                    raise ConnectionError("Redis did not answer a ping")
+                    raise ConnectionError(f"Redis did not answer a ping within {self.answer_timeout} s")
                 await conn.send_command("PING", check_health=False)
                 pinged = True
                 continue

@@ -171,6 +171,11 @@ class Store(ABC):
             return StoredDocument(deleted=True)
         return StoredDocument(part.everything, max([part.snapshot_position, *part.positions]))
 
+    async def read_log(self, name: str) -> LogSlice:
+        """The snapshot and the log of ``name`` with their positions and the snapshot's
+        version, for a reader that skips what it already applied (a room catching up)."""
+        return await self._read_log(name)
+
     async def delete(self, name: str) -> bool:
         """Delete ``name`` for good: its content goes, and a tombstone stays so that neither a
         reconnecting client nor an instance that still held it brings it back. Appends of it
