@@ -5,7 +5,10 @@ document name exactly as in ``/ws/<name>`` (still percent-encoded). Writes go th
 so live clients and the other instances see them and whatever checks an update passes on the
 way in apply here too; a 204 means stored.
 
-    GET    /api/docs?after=NAME&limit=N   JSON listing in name order: name, size, last change
+    GET    /api/docs?after=NAME&limit=N&q=TEXT
+                                          JSON listing in name order: name, title, size, last
+                                          change; ``q`` keeps the documents whose title or name
+                                          contains it (case and accents ignored)
     GET    /api/docs/<name>               the text (text/plain; charset=utf-8)
     GET    /api/docs/<name>/update        the whole document as one Yjs update
     POST   /api/docs/<name>/update        apply the body (a Yjs update); ?recreate=1 revives a
@@ -21,7 +24,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import unicodedata
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -31,6 +37,7 @@ from collab import codes, crdt
 from collab.admission import Access, AccessRequest, Admission, Refused, check_document_name
 from collab.rooms import DocumentDeleted, Rooms
 from collab.store import Store
+from collab.store.base import DocumentInfo
 
 log = logging.getLogger("collab.api")
 
@@ -39,6 +46,60 @@ ALL_DOCUMENTS = "*"
 """The document a listing is admitted for: an authorizer that grants it grants the listing."""
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+MAX_SCANNED = 2000
+"""Documents a search looks through per request at most; past that it answers with what it found
+and a ``next`` to go on from, so one request never reads every document of a large server."""
+TITLE_FIELD = "title"
+"""The Yjs text field the editor keeps a document's title in."""
+MAX_QUERY = 200
+
+
+def fold(text: str) -> str:
+    """``text`` for matching: case and accents ignored (as the editor's own search does)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+class Titles:
+    """The title of each listed document, read from its Yjs ``title`` field: from the live room
+    when this instance holds it, else from the store, remembered until the document changes (a
+    title can only change with the document's size or last change)."""
+
+    def __init__(self, rooms: Rooms, store: Store, *, capacity: int = 10_000) -> None:
+        self.rooms = rooms
+        self.store = store
+        self.capacity = capacity
+        self._known: OrderedDict[str, tuple[tuple[int, float | None], str]] = OrderedDict()
+
+    async def title(self, info: DocumentInfo) -> str:
+        room = self.rooms.rooms.get(info.name)
+        if room is not None and not room.deleted and not room.doc.damaged:
+            return _one_line(room.doc.text(TITLE_FIELD))
+        stamp = (info.size, info.changed_at)
+        known = self._known.get(info.name)
+        if known is not None and known[0] == stamp:
+            self._known.move_to_end(info.name)
+            return known[1]
+        title = await self._read(info.name)
+        self._known[info.name] = (stamp, title)
+        self._known.move_to_end(info.name)
+        while len(self._known) > self.capacity:
+            self._known.popitem(last=False)
+        return title
+
+    async def _read(self, name: str) -> str:
+        stored = await self.store.load(name)
+        if stored.deleted or not stored.updates:
+            return ""
+        try:
+            return _one_line(crdt.document_from(stored.updates).text(TITLE_FIELD))
+        except crdt.InvalidUpdate as exc:  # refused whole when opened; the listing goes on
+            log.warning("document %r: no title (its stored updates are refused: %s)", name, exc)
+            return ""
+
+
+def _one_line(title: str) -> str:
+    return " ".join(title.split())
 
 
 class DocumentAPI:
@@ -47,6 +108,7 @@ class DocumentAPI:
         self.store = store
         self.admission = admission
         self.max_body = max_body
+        self.titles = Titles(rooms, store)
 
     def routes(self) -> list[Route]:
         return [Route(PREFIX, self.list, methods=["GET"]),
@@ -58,14 +120,39 @@ class DocumentAPI:
         async def page(_access: Access) -> Response:
             after = request.query_params.get("after") or None
             limit = _limit(request.query_params.get("limit"))
-            documents = await self.store.list(after, limit)
+            query = fold(request.query_params.get("q", "").strip())
+            if len(query) > MAX_QUERY:
+                raise Refused(codes.BAD_REQUEST, f"q is longer than {MAX_QUERY} characters")
+            found, next_after = await self._page(after, limit, query)
             return JSONResponse({
-                "documents": [{"name": d.name, "size": d.size, "last_change": _iso(d.changed_at)}
-                              for d in documents],
-                "next": documents[-1].name if len(documents) == limit else None,
+                "documents": [{"name": d.name, "title": title, "size": d.size,
+                               "last_change": _iso(d.changed_at)} for d, title in found],
+                "next": next_after,
             })
 
         return await self._admitted(request, ALL_DOCUMENTS, page)
+
+    async def _page(self, after: str | None, limit: int,
+                    query: str) -> tuple[list[tuple[DocumentInfo, str]], str | None]:
+        """Up to ``limit`` documents after ``after`` (those matching ``query`` when there is
+        one) and the ``after`` of the next page (None at the end). A search reads at most
+        :data:`MAX_SCANNED` documents, so its page may be short with a ``next``."""
+        found: list[tuple[DocumentInfo, str]] = []
+        scanned = 0
+        while True:
+            batch = await self.store.list(after, limit if not query else min(MAX_PAGE, limit * 4))
+            for info in batch:
+                scanned += 1
+                after = info.name
+                title = await self.titles.title(info)
+                if not query or query in fold(title) or query in fold(unquote(info.name)):
+                    found.append((info, title))
+                    if len(found) == limit:
+                        return found, after
+                if query and scanned >= MAX_SCANNED:
+                    return found, after
+            if not query or len(batch) < min(MAX_PAGE, limit * 4):
+                return found, None
 
     async def document(self, request: Request) -> Response:
         try:

@@ -107,6 +107,48 @@ async def test_listing_pages_in_name_order(server: ServerProcess) -> None:
     assert bad[0] == 400 and b"limit must be a whole number from 1 to 1000" in bad[2]
 
 
+def update_titled(title: str, text: str = "") -> bytes:
+    doc = crdt.document_from([])
+    doc.edit_text(0, insert=title, field="title")
+    if text:
+        doc.edit_text(0, insert=text)
+    return doc.full_state()
+
+
+async def test_listing_carries_titles_and_searches_them(server: ServerProcess) -> None:
+    docs = {"plan": "Quarterly Plan", "caf%C3%A9": "Menu du café", "notes": "", "r%C3%A9sum%C3%A9": ""}
+    for name, title in docs.items():
+        status, _kind, _body = await acall("POST", f"{server.http_url}/api/docs/{name}/update",
+                                           update_titled(title, f"text of {name}"))
+        assert status == 204
+
+    def listing(query: str = "") -> dict[str, object]:
+        return dict(json.loads(call("GET", f"{server.http_url}/api/docs{query}")[2]))
+
+    everything = listing()
+    assert {d["name"]: d["title"] for d in everything["documents"]} == docs  # type: ignore[index, union-attr]
+    # By title or by name, case and accents ignored; a title seen live is the room's own.
+    assert [d["name"] for d in listing("?q=PLAN")["documents"]] == ["plan"]  # type: ignore[index, union-attr]
+    assert [d["name"] for d in listing("?q=cafe")["documents"]] == ["caf%C3%A9"]  # type: ignore[index, union-attr]
+    assert [d["name"] for d in listing("?q=resume")["documents"]] == ["r%C3%A9sum%C3%A9"]  # type: ignore[index, union-attr]
+    assert listing("?q=nothing%20like%20it") == {"documents": [], "next": None}
+    # A renamed document is found by its new title (the old one was not kept).
+    state = (await acall("GET", f"{server.http_url}/api/docs/notes/update"))[2]
+    rename = crdt.document_from([state]).edit_text(0, insert="Meeting notes", field="title")
+    assert rename is not None
+    assert (await acall("POST", f"{server.http_url}/api/docs/notes/update", rename))[0] == 204
+    found = listing("?q=meeting")["documents"]
+    assert [(d["name"], d["title"]) for d in found] == [("notes", "Meeting notes")]  # type: ignore[index]
+    # Paged like the plain listing.
+    first = listing("?q=e&limit=2")
+    assert [d["name"] for d in first["documents"]] == ["caf%C3%A9", "notes"]  # type: ignore[index, union-attr]
+    after = urllib.request.quote(str(first["next"]), safe="")
+    rest = listing(f"?q=e&limit=2&after={after}")
+    assert [d["name"] for d in rest["documents"]] == ["plan", "r%C3%A9sum%C3%A9"]  # type: ignore[index, union-attr]
+    long = call("GET", f"{server.http_url}/api/docs?q={'x' * 201}")
+    assert long[0] == 400 and b"q is longer than 200 characters" in long[2]
+
+
 async def test_delete_closes_live_clients_and_a_reconnect_does_not_bring_it_back(
         server: ServerProcess) -> None:
     first = await PyClient(server.ws_url, "doomed").start()

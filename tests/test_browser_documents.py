@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from collab import crdt
 from tests.servers import ServerProcess
 from tests.test_browser import (  # noqa: F401
     RECONNECT_TIMEOUT_MS,
@@ -126,6 +129,124 @@ def test_home_lists_documents_opened_before_and_opens_one(server: ServerProcess,
     # Opening it moved it to the front.
     ada.open_home(server.http_url + "/")
     assert home_rows(ada)[0]["room"] == "alpha-plan"
+
+
+def api(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def put_document(server: ServerProcess, name: str, title: str, text: str) -> None:
+    """A document made by another program, through the document API."""
+    doc = crdt.document_from([])
+    doc.edit_text(0, insert=title, field="title")
+    doc.edit_text(0, insert=text)
+    status, body = api("POST", f"{server.http_url}/api/docs/{name}/update", doc.full_state())
+    assert status == 204, body
+
+
+def server_rows(editor: Editor) -> list[dict[str, str]]:
+    return list(editor.page.evaluate("""() => [...document.querySelectorAll('#server-docs .doc-row')]
+        .map(r => ({ room: r.dataset.room, title: r.querySelector('.row-title').textContent,
+        meta: r.querySelector('.row-meta').textContent}))"""))
+
+
+def wait_server_rows(editor: Editor, count: int) -> None:
+    editor.page.wait_for_function("(n) => document.querySelectorAll('#server-docs .doc-row').length === n",
+                                  arg=count, timeout=SYNC_TIMEOUT_MS)
+
+
+def test_home_lists_every_document_on_the_server_pages_searches_renames_and_deletes(
+        server: ServerProcess, tabs: Callable[..., Editor]) -> None:
+    for i in range(53):
+        put_document(server, f"bulk-{i:02d}", f"Bulk document {i}", f"text {i}")
+    put_document(server, "quarterly", "Quarterly Plan", "the plan")
+    put_document(server, "caf%C3%A9", "Menu du café", "the menu")
+    put_document(server, "doomed", "Doomed notes", "soon gone")
+    bob = tabs("bob").open(document_url(server, "doomed"))
+    bob.wait_text("soon gone")
+    sockets: list[str] = []
+    bob.page.on("websocket", lambda ws: sockets.append(ws.url))
+
+    ada = tabs("ada").open_home(server.http_url + "/")  # a browser that opened nothing yet
+    wait_server_rows(ada, 50)  # the first page, in name order
+    assert server_rows(ada)[0] == {"room": "bulk-00", "title": "Bulk document 0",
+                                   "meta": server_rows(ada)[0]["meta"]}
+    assert re.fullmatch(r"bulk-00 · \d+ bytes", server_rows(ada)[0]["meta"])
+    ada.page.click("#server-more")
+    wait_server_rows(ada, 56)
+    assert ada.page.locator("#server-more").is_hidden()
+    assert [r["room"] for r in server_rows(ada)[-3:]] == ["caf%C3%A9", "doomed", "quarterly"]
+    ada.screenshot("documents-home-server")
+
+    # Searched on the server, by title (accents and case ignored) or by name.
+    ada.page.fill("#search", "CAFE")
+    wait_server_rows(ada, 1)
+    assert server_rows(ada)[0]["title"] == "Menu du café"
+    ada.page.fill("#search", "quarterly")
+    wait_server_rows(ada, 1)
+    ada.page.fill("#search", "no such thing")
+    ada.page.wait_for_selector("#server-empty:has-text('No document on the server matches')")
+    ada.page.fill("#search", "")
+    wait_server_rows(ada, 50)
+
+    # Rename from the list: Bob, who has it open, sees the new title.
+    ada.page.fill("#search", "doomed")
+    wait_server_rows(ada, 1)
+    row = "#server-docs .doc-row[data-room='doomed']"
+    ada.page.hover(row)
+    ada.page.click(f"{row} [data-action='rename']")
+    ada.page.locator(f"{row} .rename-field").fill("Notes to delete")
+    ada.page.locator(f"{row} .rename-field").press("Enter")
+    ada.page.wait_for_selector("#toast:has-text('Renamed to “Notes to delete”')", timeout=SYNC_TIMEOUT_MS)
+    wait_title(bob, "Notes to delete")
+    assert server_rows(ada)[0]["title"] == "Notes to delete"
+
+    # Delete asks first; cancelling changes nothing.
+    ada.page.hover(row)
+    ada.page.click(f"{row} [data-action='delete']")
+    ada.page.wait_for_selector("#confirm-dialog[open]:has-text('Delete “Notes to delete”?')")
+    ada.screenshot("documents-delete-confirm")
+    ada.page.click("#confirm-no")
+    ada.page.wait_for_selector("#confirm-dialog", state="hidden")
+    assert api("GET", f"{server.http_url}/api/docs/doomed")[0] == 200
+    ada.page.hover(row)
+    ada.page.click(f"{row} [data-action='delete']")
+    ada.page.click("#confirm-yes")
+    ada.page.wait_for_selector("#toast:has-text('Deleted “Notes to delete”')", timeout=SYNC_TIMEOUT_MS)
+    wait_server_rows(ada, 0)
+    assert api("GET", f"{server.http_url}/api/docs/doomed")[0] == 410
+
+    # Bob's page says so, stops editing and stops reconnecting.
+    bob.page.wait_for_selector("#ended[data-code='4410']:has-text('This document was deleted')",
+                               timeout=SYNC_TIMEOUT_MS)
+    assert bob.page.locator("#connection .label").inner_text() == "Deleted"
+    assert bob.page.evaluate("() => collab.provider.shouldConnect") is False
+    bob.page.locator(".cm-content").press("End")
+    bob.page.keyboard.type("typed after the delete")
+    assert bob.text() == "soon gone"
+    bob.screenshot("documents-deleted-notice")
+    bob.page.wait_for_timeout(2000)  # longer than the first reconnection delays
+    assert sockets == [], "the page reconnected to a deleted document"
+    with bob.page.expect_download() as info:
+        bob.page.click("#ended button:has-text('Download this copy')")
+    assert info.value.suggested_filename == "Notes to delete.md"
+    # The deleted document left Bob's list of documents too.
+    bob.open_home(server.http_url + "/")
+    assert "doomed" not in [r["room"] for r in home_rows(bob)]
+
+
+def test_the_server_list_is_hidden_where_the_server_does_not_list_documents(
+        server_factory: Callable[..., ServerProcess], tabs: Callable[..., Editor]) -> None:
+    server = server_factory("memory://", env={"COLLAB_SECRET": "s" * 40})
+    ada = tabs("ada").open_home(server.http_url + "/")
+    ada.page.wait_for_function("() => collabHome.listed.then(() => true)")
+    assert ada.page.locator("#server-section").is_hidden()
+    assert ada.page.locator("#recent-empty").is_visible()
 
 
 def test_a_title_renamed_in_one_tab_shows_in_the_other(server: ServerProcess,

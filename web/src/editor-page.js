@@ -60,6 +60,7 @@ const renderConnection = (status) => {
   if (status.state === 'connected') label.textContent = status.transport === 'poll' ? 'Connected (HTTP fallback)' : 'Connected'
   else if (status.state === 'connecting') label.textContent = 'Connecting…'
   else if (status.state === 'offline') label.textContent = 'Offline — edits are kept'
+  else if (status.state === 'ended') label.textContent = status.code === 4410 ? 'Deleted' : 'No access'
   else if (status.state === 'waiting') {
     const seconds = Math.max(1, Math.ceil((status.retryAt - Date.now()) / 1000))
     label.textContent = `Reconnecting in ${seconds} s`
@@ -108,6 +109,31 @@ const showUnusableName = (problem) => {
     el('h2', {}, 'This link cannot open a document'),
     el('p', {}, `The server refuses this document because ${problem}.`),
     el('div', { class: 'notice-actions' }, start, el('a', { class: 'button', href: homeHref() }, 'Your documents'))))
+}
+
+/** What the page says when the server closed it for good (provider.js: isFinalClose). */
+export const endedNotice = (code) => code === 4410
+  ? { title: 'This document was deleted',
+      text: 'Someone deleted it on the server, so changes made here go nowhere. This browser still has the text it held: download it to keep it.' }
+  : code === 4401
+    ? { title: 'This link no longer gives access',
+        text: 'The link has expired or is not valid. Ask whoever shared it for a new one; the text this browser holds can still be downloaded.' }
+    : { title: 'This link is not for this document',
+        text: 'The server refused access to this document. Ask whoever shared it for a link to it.' }
+
+/** The server closed the document for good: say why, stop editing, offer this browser's copy. */
+const showEnded = ({ code }, { editor, room, saveCopy }) => {
+  const notice = endedNotice(code)
+  editor.setWritable(false)
+  $('doc-title').disabled = true
+  $('saved').hidden = true
+  if (code === 4410) new RecentDocuments().remove(room)
+  const keep = el('button', { class: 'button', type: 'button' }, 'Download this copy (.md)')
+  keep.addEventListener('click', saveCopy)
+  const banner = el('div', { id: 'ended', class: 'banner', role: 'alert', dataset: { code: String(code) } },
+    el('div', { class: 'banner-text' }, el('strong', {}, notice.title), el('span', {}, notice.text)),
+    el('div', { class: 'banner-actions' }, keep, el('a', { class: 'button primary', href: homeHref() }, 'Your documents')))
+  $('workspace').before(banner)
 }
 
 // --- views: edit, split, preview ------------------------------------------------------------------
@@ -199,6 +225,9 @@ export const startEditor = async (room) => {
   const provider = session.connect()
   provider.on('status', renderConnection)
   renderConnection(provider.status)
+  provider.on('ended', (info) => showEnded(info, {
+    editor, room, saveCopy: () => download(text.toString(), title.toString().trim() || name, 'md')
+  }))
   setInterval(() => { if (provider.status.state === 'waiting') renderConnection(provider.status) }, 250)
   awareness.on('change', () => avoidColourClash(awareness, identity, setUser))
   const people = new People({

@@ -80,13 +80,16 @@ export class Editor {
   constructor (parent, ytext, awareness, { source = false, onChange = () => {} } = {}) {
     this.parent = parent
     this.gutter = new Compartment()
+    this.writable = new Compartment()
     const undoManager = new Y.UndoManager(ytext)
+    this.undoManager = undoManager
     this.view = new EditorView({
       parent,
       state: EditorState.create({
         doc: ytext.toString(),
         extensions: [
           this.gutter.of(this._gutter(source)),
+          this.writable.of(this._writable(true)),
           highlightActiveLine(),
           highlightSpecialChars(),
           drawSelection(),
@@ -119,6 +122,15 @@ export class Editor {
 
   _gutter (source) {
     return source ? [lineNumbers(), highlightActiveLineGutter()] : []
+  }
+
+  _writable (writable) {
+    return [EditorState.readOnly.of(!writable), EditorView.editable.of(writable)]
+  }
+
+  /** Read-only: the text can be read, selected and copied, not changed. */
+  setWritable (writable) {
+    this.view.dispatch({ effects: this.writable.reconfigure(this._writable(writable)) })
   }
 
   /** Monospace with line numbers, or the document look. */

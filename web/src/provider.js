@@ -28,6 +28,12 @@ const OPEN_TIMEOUT_MS = 10000
 // this means the connection is dead even if the socket has not noticed.
 const SILENCE_TIMEOUT_MS = 35000
 
+/** Close codes after which connecting again cannot succeed (docs/protocol.md): the document was
+ * deleted (4410), or the link's access ended or never was (4401 no or expired token, 4403 not
+ * for this document). The page says so instead of reconnecting. */
+export const FINAL_CLOSE_CODES = Object.freeze([4401, 4403, 4410])
+export const isFinalClose = (code) => FINAL_CLOSE_CODES.includes(code)
+
 /** Delay before reconnect attempt number `attempt` (0-based): full jitter on a capped exponential. */
 export const backoffDelay = (attempt, random = Math.random) => {
   const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt)
@@ -81,6 +87,7 @@ export class WebSocketTransport {
  *  - 'server-sync' {kind: 'step1'|'step2'|'update', payload: Uint8Array} every sync message in
  *  - 'sent'    {kind: 'step2'|'update', payload: Uint8Array} every sync message out
  *  - 'denied'  {reason}
+ *  - 'ended'   {code, reason} closed for good (isFinalClose): it does not reconnect
  */
 export class SyncProvider {
   /**
@@ -106,6 +113,7 @@ export class SyncProvider {
     this.hiddenState = null
     this.retryAt = 0
     this.shouldConnect = false
+    this.ended = null
     this.listeners = new Map()
 
     this._onDocUpdate = (update, origin) => {
@@ -186,6 +194,7 @@ export class SyncProvider {
   get status () {
     const transport = this.transport ? this.transport.kind : this.lastKind
     if (this.connected) return { state: 'connected', transport }
+    if (this.ended) return { state: 'ended', transport, ...this.ended }
     if (typeof navigator !== 'undefined' && navigator.onLine === false) return { state: 'offline', transport }
     return { state: this.state, retryAt: this.retryAt, transport }
   }
@@ -252,6 +261,13 @@ export class SyncProvider {
     const others = Array.from(this.awareness.getStates().keys()).filter(id => id !== this.doc.clientID)
     awarenessProtocol.removeAwarenessStates(this.awareness, others, this)
     this.emit('close', info)
+    if (this.shouldConnect && isFinalClose(info.code)) {
+      this.shouldConnect = false
+      this.ended = { code: info.code, reason: info.reason || '' }
+      this._setStatus('ended')
+      this.emit('ended', this.ended)
+      return
+    }
     if (!this.shouldConnect) {
       this._setStatus('idle')
       return
