@@ -122,6 +122,7 @@ def serve(args: argparse.Namespace) -> int:
     from collab.app import create_app
     from collab.config import instance_local_store_problem
     from collab.store import UnsupportedStore
+    from collab.transport.direct import DirectWebSocketProtocol
 
     settings = _settings(args)
     _configure_logging(settings)
@@ -152,7 +153,8 @@ def serve(args: argparse.Namespace) -> int:
             return 4
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-        http=collab.guard.protocol, ws="websockets-sansio",
+        http=collab.guard.protocol,
+        ws=DirectWebSocketProtocol if settings.websocket_layer == "direct" else "websockets-sansio",
         ws_max_size=settings.max_message_size, ws_per_message_deflate=settings.per_message_deflate,
         lifespan="off", timeout_graceful_shutdown=5,
         proxy_headers=settings.forwarded_allow_ips is not None,

@@ -55,6 +55,16 @@ def log_level(text: str) -> str:
     return value
 
 
+WEBSOCKET_LAYERS = ("direct", "asgi")
+
+
+def websocket_layer(text: str) -> str:
+    value = text.strip().lower()
+    if value not in WEBSOCKET_LAYERS:
+        raise ValueError(f"{text!r} is not a WebSocket layer ({', '.join(WEBSOCKET_LAYERS)})")
+    return value
+
+
 def log_format(text: str) -> str:
     value = text.strip().lower()
     if value not in LOG_FORMATS:
@@ -260,6 +270,11 @@ class Settings:
     per_message_deflate: bool = field(default=False, metadata={"option": Option(
         "offer WebSocket per-message compression (costs memory and CPU; Yjs updates are small)",
         "COLLAB_PER_MESSAGE_DEFLATE", boolean, "BOOL")})
+    websocket_layer: str = field(default="direct", metadata={"option": Option(
+        "direct: collab's WebSocket protocol under uvicorn (messages handled where their frames "
+        "are parsed, each broadcast framed once for every socket); asgi: uvicorn's own, every "
+        "message through the ASGI events (what a host application's server does)",
+        "COLLAB_WEBSOCKET_LAYER", websocket_layer, "LAYER")})
     durable_acks: bool = field(default=True, metadata={"option": Option(
         "echo each update back to its client once stored, for clients that ask with ?acks=1 "
         "(the editor's 'saved' status)",

@@ -30,6 +30,14 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+@pytest.fixture(params=["direct", "asgi"])
+def websocket_layer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test against each WebSocket layer of ``collab serve`` (its own protocol under
+    uvicorn, and uvicorn's plain ASGI path): every server it starts uses that layer."""
+    monkeypatch.setenv("COLLAB_WEBSOCKET_LAYER", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start ``collab serve`` subprocesses; every one is stopped (by PID) at the end."""

@@ -133,6 +133,7 @@ async def test_deletions_count_near_the_document_limit(server_factory: ServerFac
         await c.close()
 
 
+@pytest.mark.usefixtures("websocket_layer")
 async def test_presence_past_its_limits_is_refused_and_never_relayed(server_factory: ServerFactory) -> None:
     server = server_factory("memory://", args=["--max-presence-state", "1024",
                                                "--max-presence-entries", "4"])
@@ -164,6 +165,7 @@ async def test_presence_past_its_limits_is_refused_and_never_relayed(server_fact
 # --- rate -------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("websocket_layer")
 async def test_a_flood_is_throttled_then_closed_and_the_others_keep_everything_in_order(
         server_factory: ServerFactory) -> None:
     rate, burst, patience = 100, 100, 1.5
@@ -263,6 +265,7 @@ class Editor:
         return [self.seen_at[n] - sender.sent_at[n] for n in self.seen_at if n in sender.sent_at]
 
 
+@pytest.mark.usefixtures("websocket_layer")
 async def test_a_reader_that_stalls_costs_little_is_closed_and_resyncs(
         server_factory: ServerFactory, tmp_path: Path) -> None:
     # SQLite, so that the log is not held in memory as memory:// holds it; and no compaction
@@ -447,6 +450,7 @@ async def test_request_heads_past_the_bounds_get_431_and_are_closed(server: Serv
         await ws.recv()
 
 
+@pytest.mark.usefixtures("websocket_layer")
 async def test_a_message_past_the_size_limit_closes_with_1009_and_is_counted(
         server_factory: ServerFactory) -> None:
     server = server_factory("memory://", args=["--max-message-size", "65536"])

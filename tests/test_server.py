@@ -14,6 +14,8 @@ from collab import crdt, protocol
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
 
+pytestmark = pytest.mark.usefixtures("websocket_layer")
+
 ServerFactory = Callable[..., ServerProcess]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import logging
 import math
@@ -30,6 +31,7 @@ from collab.codes import close_reason
 from collab.limits import TokenBucket
 from collab.room import Member
 from collab.rooms import DELETED_REASON, DocumentDeleted, Rooms
+from collab.transport.direct import DirectWebSocketProtocol, FrameCache
 from collab.transport.stats import TransportStats, refusal_reason
 
 log = logging.getLogger("collab.ws")
@@ -101,14 +103,18 @@ class WebSocketPeer:
     and keepalives come from one sweeper for all peers.
     """
 
-    __slots__ = ("close_request", "drain_task", "endpoint", "gone", "last_sent", "queue",
+    __slots__ = ("close_request", "direct", "drain_task", "endpoint", "gone", "last_sent", "queue",
                  "queued_bytes", "reader_task", "send_event")
 
     def __init__(self, send_event: Send, endpoint: WebSocketEndpoint,
-                 reader_task: asyncio.Task[object]) -> None:
+                 reader_task: asyncio.Task[object],
+                 direct: DirectWebSocketProtocol | None = None) -> None:
         self.send_event = send_event
         self.endpoint = endpoint
         self.reader_task = reader_task
+        self.direct = direct
+        """The connection's protocol when frames may be written to it directly (else the
+        ASGI send carries every frame)."""
         self.queue: deque[bytes] | None = None  # allocated while frames wait: most peers idle
         self.queued_bytes = 0
         self.drain_task: asyncio.Task[None] | None = None
@@ -124,7 +130,10 @@ class WebSocketPeer:
         traffic.messages_sent += 1
         traffic.sent_bytes += len(frame)
         if self.drain_task is None:
-            self._send_now(frame)
+            if self.direct is not None:
+                self._write_now(frame)
+            else:
+                self._send_now(frame)
             return
         queue = self.queue
         if queue is None:
@@ -138,6 +147,40 @@ class WebSocketPeer:
             self.endpoint.stats.slow_clients_closed += 1
             self.close(codes.TRY_AGAIN.close, "client too slow: send buffer full, reconnect")
             self.drain_task.cancel()  # it may be stuck in a send the client never reads
+
+    def _write_now(self, frame: bytes) -> None:
+        """Write the frame, framed once per broadcast, while the socket takes it; else wait for
+        it in a drain task, as a blocked ASGI send would."""
+        direct = self.direct
+        assert direct is not None
+        if not direct.open_for_messages():
+            self.gone = True  # as the ASGI send would refuse it
+            return
+        if direct.writable.is_set():
+            direct.write_message(self.endpoint.frames.frame(frame))
+            self.last_sent = time.monotonic()
+            return
+        self.queue = deque((frame,))
+        self.queued_bytes = len(frame)
+        self.drain_task = asyncio.get_running_loop().create_task(self._drain_direct(direct))
+
+    async def _drain_direct(self, direct: DirectWebSocketProtocol) -> None:
+        """Write what queued up behind a socket that stopped taking writes, as it takes them."""
+        try:
+            queue = self.queue
+            while queue:
+                await direct.writable.wait()
+                if not direct.open_for_messages():
+                    self.gone = True
+                    return
+                frame = queue.popleft()
+                self.queued_bytes -= len(frame)
+                direct.write_message(self.endpoint.frames.frame(frame))
+                self.last_sent = time.monotonic()
+        finally:
+            self.drain_task = None
+            self.queue = None
+            self.queued_bytes = 0
 
     def _send_now(self, frame: bytes) -> None:
         """Hand the frame to the connection without a task: the ASGI send of a writable socket
@@ -203,6 +246,8 @@ class WebSocketEndpoint:
         self.traffic = TransportStats()
         """What every transport counts (rendered with transport="websocket")."""
         self.peers: set[WebSocketPeer] = set()
+        self.frames = FrameCache()
+        """The framing of the last broadcast message, shared by every direct connection."""
         self._sweeper: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -230,7 +275,9 @@ class WebSocketEndpoint:
         assert task is not None
         logs.set_connection(display_name(request.document), next(_connection_ids))
         log.debug("connected (%s)", access.mode)
-        peer = WebSocketPeer(send, self, task)
+        protocol_ = _direct_protocol(receive, send)
+        direct = protocol_ if protocol_ is not None and protocol_.direct_send else None
+        peer = WebSocketPeer(send, self, task, direct)
         # The handshake's headers are not read again; a socket that lives for hours should not
         # keep them (about 1 KiB of every idle connection).
         scope["headers"] = ()
@@ -244,20 +291,25 @@ class WebSocketEndpoint:
             limits, loop = self.limits, asyncio.get_running_loop()
             bucket = TokenBucket(limits.max_message_rate, limits.message_burst,
                                  limits.flood_patience, loop.time())
-            # The read loop is inline: one coroutine frame less on every idle connection.
+            inline = None if protocol_ is None else _Inline(self, member, peer, bucket, protocol_)
+            # The read loop is inline: one coroutine frame less on every idle connection. With
+            # the direct protocol it only sees what the inline handler left to it (a client
+            # over its rate, a text frame) and the disconnect.
             while peer.close_request is None:
+                if inline is not None:
+                    inline.resume()
                 message = await receive()
                 if message["type"] != "websocket.receive":
                     disconnect_code = message.get("code", 1005)  # websocket.disconnect
                     if disconnect_code == codes.MESSAGE_TOO_LARGE.close:
                         self.stats.messages_too_large += 1  # closed by the server's WebSocket layer
                     break
-                wait = bucket.take(loop.time())
+                wait = inline.taken_wait() if inline is not None else None
+                if wait is None:
+                    wait = bucket.take(loop.time())
                 if wait:
                     if bucket.flooding(loop.time()):
-                        self.stats.floods_closed += 1
-                        peer.close(codes.RATE_LIMITED.close, "too many messages: at most "
-                                   f"{limits.max_message_rate:g} per second")
+                        self._flooded(peer)
                         break
                     self.stats.messages_throttled += 1
                     await asyncio.sleep(wait)  # not reading meanwhile: the client is slowed down
@@ -272,11 +324,18 @@ class WebSocketEndpoint:
             log.exception("room %r: connection failed", display_name(request.document))
             peer.close(codes.INTERNAL_ERROR.close, "internal error")
         finally:
+            if protocol_ is not None:
+                protocol_.on_message = None
             self.peers.discard(peer)
             if member is not None:
                 self.rooms.leave(member)
         await peer.finish()
         self._count_close(peer, disconnect_code)
+
+    def _flooded(self, peer: WebSocketPeer) -> None:
+        self.stats.floods_closed += 1
+        peer.close(codes.RATE_LIMITED.close, "too many messages: at most "
+                   f"{self.limits.max_message_rate:g} per second")
 
     def _handle_frame(self, member: Member, peer: WebSocketPeer, data: bytes | None,
                       text: str | None) -> None:
@@ -343,6 +402,64 @@ class WebSocketEndpoint:
         """Ask every connection to close (the instance is stopping)."""
         for peer in list(self.peers):
             peer.close(code, reason)
+
+
+def _direct_protocol(receive: Receive, send: Send) -> DirectWebSocketProtocol | None:
+    """The connection's protocol, when the endpoint holds its own receive and send: nothing
+    between them and the endpoint that a short cut would bypass."""
+    owner = getattr(send, "__self__", None)
+    if isinstance(owner, DirectWebSocketProtocol) and getattr(receive, "__self__", None) is owner:
+        return owner
+    return None
+
+
+class _Inline:
+    """A connection's messages handled where the protocol parsed them (the direct protocol's
+    ``on_message``), under the same rate limit and the same refusals as the read loop. A
+    message that has to wait for the rate goes to the read loop through the ASGI queue, and
+    so do the ones after it until the queue is empty again (their order is kept)."""
+
+    __slots__ = ("bucket", "context", "endpoint", "held_wait", "loop", "member", "peer", "protocol")
+
+    def __init__(self, endpoint: WebSocketEndpoint, member: Member, peer: WebSocketPeer,
+                 bucket: TokenBucket, protocol_: DirectWebSocketProtocol) -> None:
+        self.endpoint, self.member, self.peer, self.bucket = endpoint, member, peer, bucket
+        self.protocol = protocol_
+        self.loop = asyncio.get_running_loop()
+        self.context = contextvars.copy_context()
+        """The connection's task context: its log lines name the document and connection."""
+        self.held_wait: float | None = None
+
+    def resume(self) -> None:
+        """Handle messages inline again, once nothing waits for the read loop."""
+        if self.protocol.queue.empty():
+            self.protocol.on_message = self.handle
+
+    def taken_wait(self) -> float | None:
+        """The wait of a message the inline handler took a token for and left to the loop."""
+        wait, self.held_wait = self.held_wait, None
+        return wait
+
+    def handle(self, data: bytes) -> bool:
+        peer = self.peer
+        if peer.close_request is not None:
+            return True  # closing: the read loop would not read it either
+        now = self.loop.time()
+        wait = self.bucket.take(now)
+        if wait:
+            if self.bucket.flooding(now):
+                self.context.run(self.endpoint._flooded, peer)
+                return True
+            self.held_wait = wait
+            self.protocol.on_message = None  # it and what follows go through the queue
+            return False
+        try:
+            self.context.run(self.endpoint._handle_frame, self.member, peer, data, None)
+        except Exception:
+            self.context.run(log.exception, "room %r: connection failed",
+                             display_name(self.member.room.name))
+            peer.close(codes.INTERNAL_ERROR.close, "internal error")
+        return True
 
 
 async def _complete(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:

@@ -1,0 +1,96 @@
+"""collab's WebSocket protocol under uvicorn: the ASGI path without its per-message layers.
+
+uvicorn's ``websockets-sansio`` protocol parses every frame and makes the handshake with the
+``websockets`` library's sans-I/O protocol, and hands each message to the application through
+the ASGI contract: a receive event on a queue and a task wake-up per incoming message, and per
+outgoing one an ASGI send coroutine, uvicorn's send and a serialization by ``websockets``. A
+broadcast pays the outgoing part once per receiver, for the same bytes. This subclass keeps
+the parsing, the handshake, the close handshake, pings, flow control and every ASGI event, and
+adds two short cuts that only the connection's own endpoint takes, when it holds the
+protocol's own ``receive`` and ``send`` (no middleware in between that would be bypassed):
+
+- :attr:`on_message`: a callback that handles a binary message where its frame was parsed,
+  in ``data_received``, instead of a queue and a task wake-up; it may decline a message (a
+  client over its rate), which then takes the ASGI queue as before and keeps its order;
+- :meth:`write_message`: a server frame (never masked) is a header and the payload, so a
+  broadcast frames its message once (:class:`FrameCache`) and writes the same bytes to every
+  socket, with nothing per receiver but the write.
+
+Connections that negotiated an extension (per-message compression) frame per connection, so
+they send through the ASGI path. ``--websocket-layer asgi`` selects uvicorn's class itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import OPEN
+
+FRAME_CACHE_MAX = 64 * 1024
+"""Messages up to this size keep their last framing for the next receiver (a broadcast); a
+larger one (a document's step 2 to one joiner) is framed each time and not kept."""
+
+
+def frame_binary(message: bytes) -> bytes:
+    """A final, unmasked binary frame carrying ``message`` (RFC 6455 section 5.2)."""
+    length = len(message)
+    if length < 126:
+        return bytes((0x82, length)) + message
+    if length < 65536:
+        return bytes((0x82, 126)) + length.to_bytes(2, "big") + message
+    return bytes((0x82, 127)) + length.to_bytes(8, "big") + message
+
+
+class FrameCache:
+    """The framing of the last message sent: a broadcast hands the same bytes object to every
+    receiver, so it is framed once. Kept by identity, with a reference, so it cannot be a
+    different message at a reused address."""
+
+    __slots__ = ("framed", "message")
+
+    def __init__(self) -> None:
+        self.message: bytes | None = None
+        self.framed = b""
+
+    def frame(self, message: bytes) -> bytes:
+        if message is self.message:
+            return self.framed
+        framed = frame_binary(message)
+        if len(message) <= FRAME_CACHE_MAX:
+            self.message, self.framed = message, framed
+        return framed
+
+
+class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with the endpoint's short cuts (module docstring)."""
+
+    on_message: Callable[[bytes], bool] | None = None
+    """Handles one binary message at once; returns False to have it queued for the ASGI
+    receive instead. Set by the endpoint while nothing waits in the queue."""
+
+    def send_receive_event_to_app(self) -> None:
+        handler = self.on_message
+        if handler is None or self.curr_msg_data_type != "bytes" or self.close_sent or not self.queue.empty():
+            super().send_receive_event_to_app()
+            return
+        frames = self.frames
+        self.frames = []
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        if not handler(data):
+            self.frames = [data]
+            super().send_receive_event_to_app()
+
+    @property
+    def direct_send(self) -> bool:
+        """Whether pre-framed messages may be written to this connection."""
+        return not self.conn.extensions
+
+    def open_for_messages(self) -> bool:
+        """Open, and the application has not closed it (nor the client)."""
+        return not self.close_sent and not self.disconnected and self.conn.state is OPEN
+
+    def write_message(self, framed: bytes) -> None:
+        """Write a message framed by :func:`frame_binary`; the caller checked
+        :meth:`open_for_messages` and that the transport is writable (``writable`` is set)."""
+        self.transport.write(framed)
