@@ -175,12 +175,21 @@ class DocumentAPI:
         if room is not None and not room.deleted and (room.members or room.doc.state_vector() != b"\x00"):
             doc = room.doc
         else:
-            stored = await self.store.load(name)
-            if stored.deleted:
-                return _gone(name)
-            if not stored.updates:
-                return _missing(name)
-            doc = crdt.document_from(stored.updates)
+            try:
+                self.rooms.refuse_damaged(name)
+                stored = await self.store.load(name)
+                if stored.deleted:
+                    return _gone(name)
+                if not stored.updates:
+                    return _missing(name)
+                try:
+                    doc = stored.document()
+                except crdt.DamagedDocument as damage:
+                    self.rooms.found_damaged(name, damage)
+                    self.rooms.damage.damaged_refusals += 1
+                    raise
+            except crdt.DamagedDocument as damage:
+                return _damaged(damage)
         if as_update:
             return Response(doc.full_state(), media_type="application/octet-stream")
         return Response(doc.text().encode("utf-8"), media_type="text/plain; charset=utf-8")
@@ -198,6 +207,8 @@ class DocumentAPI:
         except DocumentDeleted:
             return _status(codes.DOCUMENT_DELETED, f"document {name!r} was deleted; POST with "
                                                    "?recreate=1 to use the name again")
+        except crdt.DamagedDocument as damage:
+            return _damaged(damage)
         except crdt.InvalidUpdate as exc:
             return _status(codes.INVALID_UPDATE, f"invalid Yjs update: {exc}")
         except Exception as exc:  # the store did not take it: nothing was acknowledged
@@ -291,6 +302,10 @@ def _missing(name: str) -> Response:
 
 def _gone(name: str) -> Response:
     return _status(codes.DOCUMENT_DELETED, f"document {name!r} was deleted")
+
+
+def _damaged(damage: crdt.DamagedDocument) -> Response:
+    return _status(codes.DOCUMENT_DAMAGED, f"document damaged in the store: {damage.reason}")
 
 
 def _too_large(limit: int) -> Response:

@@ -163,6 +163,9 @@ class Collab:
         metrics.add("collab_", self.sockets.traffic, transport="websocket")
         metrics.add("collab_websocket_", self.sockets.stats)
         metrics.add("collab_", self.rooms.stats)
+        metrics.add("collab_", self.rooms.damage)
+        metrics.gauge("collab_damaged_documents", "documents found damaged in the store lately "
+                      "(refused; see collab db check)", lambda: len(self.rooms.damaged))
         metrics.add("collab_admission_", lambda: self.admission.stats)
         metrics.add("collab_requests_", lambda: self.guard.stats)
         metrics.add("collab_gate_", lambda: self.rooms.refusals)

@@ -239,6 +239,48 @@ def db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def db_check(args: argparse.Namespace) -> int:
+    """Check a whole store: the store's own check (SQLite's integrity_check), then every
+    document loaded whole, one at a time. Lists what is wrong; exits 0 when nothing is, 1 when
+    the store or a document is damaged or incomplete, 2 when the store cannot be checked."""
+    from collab.store import Damage, StoreDamaged
+
+    settings = _settings(args)
+    where = redact_url(settings.store)
+    progress = sys.stderr.isatty()
+
+    async def check(store: Store) -> tuple[list[str], list[Damage], int]:
+        problems = await store.check_store()
+        for problem in problems:
+            print(f"store       {where}  {problem}")
+        found: list[Damage] = []
+        checked = 0
+        async for _name, damage in store.check():
+            checked += 1
+            if damage is not None:
+                found.append(damage)
+                print(f"{damage.kind:<10}  {damage.name}  {damage.reason}", flush=True)
+            if progress and checked % 100 == 0:
+                print(f"checked {checked} documents...", end="\r", file=sys.stderr, flush=True)
+        return problems, found, checked
+
+    try:
+        problems, found, checked = _with_store(settings.store, check, must_exist=True)
+    except StoreUnavailable as exc:
+        if isinstance(exc.__cause__, StoreDamaged):
+            print(f"store       {where}  {exc.__cause__}")
+            print(f"collab: the store {where} is damaged: it is refused as a whole", file=sys.stderr)
+            return 1
+        print(f"collab: {exc}", file=sys.stderr)
+        return 2
+    kinds = [damage.kind for damage in found]
+    summary = (f"{where}: {checked} documents checked, {kinds.count('damaged')} damaged, "
+               f"{kinds.count('incomplete')} incomplete"
+               + (f"; the store itself has {len(problems)} problems" if problems else ""))
+    print(summary, file=sys.stderr)
+    return 1 if problems or found else 0
+
+
 def token(args: argparse.Namespace) -> int:
     """Print a signed token for one document (or a name prefix) and a mode."""
     from collab.tokens import mint
@@ -275,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade_parser = db_commands.add_parser("upgrade", help="create or migrate the store schema")
     _add_settings_arguments(upgrade_parser, {"store"})
     upgrade_parser.set_defaults(func=db_upgrade)
+    check_parser = db_commands.add_parser(
+        "check", help="check the whole store; list damaged documents",
+        description=db_check.__doc__)
+    _add_settings_arguments(check_parser, {"store"})
+    check_parser.set_defaults(func=db_check)
 
     from collab import manage
 

@@ -38,12 +38,14 @@ DOCUMENT_TOO_LARGE = Outcome(4413, 413, "document too large")
 PRESENCE_TOO_LARGE = Outcome(4413, 413, "presence too large (a state, or one client's entries)")
 RATE_LIMITED = Outcome(4429, 429, "rate limited")
 FULL = Outcome(4503, 503, "server or document full (connection limits)")
+DOCUMENT_DAMAGED = Outcome(4500, 500, "document damaged in the store (refused until repaired; "
+                                      "`collab db check` lists why)")
 REQUEST_HEAD_TOO_LARGE = Outcome(None, 431, "request head too large")
 
 TABLE: tuple[Outcome, ...] = (
     BAD_MESSAGE, TEXT_FRAME, INVALID_UPDATE, MESSAGE_TOO_LARGE, INTERNAL_ERROR, SERVICE_RESTART,
     TRY_AGAIN, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, DOCUMENT_DELETED, DOCUMENT_TOO_LARGE,
-    PRESENCE_TOO_LARGE, RATE_LIMITED, FULL, REQUEST_HEAD_TOO_LARGE,
+    PRESENCE_TOO_LARGE, RATE_LIMITED, FULL, DOCUMENT_DAMAGED, REQUEST_HEAD_TOO_LARGE,
 )
 """Every documented outcome, in the order of the table in ``docs/protocol.md``."""
 

@@ -24,9 +24,9 @@ import pycrdt
 from collab import gate
 from collab.gate import InvalidUpdate
 
-__all__ = ["EMPTY_UPDATE", "TEXT_FIELD", "Applied", "Change", "Document", "EnginePanic",
-           "InvalidUpdate", "contains_all", "decode_state_vector", "document_from", "merge",
-           "state_vector_of"]
+__all__ = ["EMPTY_UPDATE", "TEXT_FIELD", "Applied", "Change", "DamagedDocument", "Document",
+           "EnginePanic", "InvalidUpdate", "contains_all", "decode_state_vector", "document_from",
+           "merge", "state_vector_of"]
 
 TEXT_FIELD = "text"
 """The shared text the editor, the load tester and the exporter read and write."""
@@ -50,6 +50,17 @@ class EnginePanic(Exception):
 
 def _panic(action: str, exc: BaseException) -> EnginePanic:
     return EnginePanic(f"the engine failed while {action}: {type(exc).__name__}: {exc}")
+
+
+class DamagedDocument(Exception):
+    """A stored update of a document is refused by the gate or fails the engine: the document
+    cannot be read whole, so it is not served (nor exported) in part. ``slug`` is the gate's
+    reason (see :data:`gate.REASONS`), ``engine`` when the engine failed."""
+
+    def __init__(self, reason: str, slug: str = "engine") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.slug = slug
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,25 +147,38 @@ class Document:
             return None
         return changes[0] if len(changes) == 1 else merge(changes)
 
-    def load(self, updates: Iterable[bytes]) -> list[InvalidUpdate]:
+    def load(self, updates: Iterable[bytes], *,
+             whole: Callable[[int], str] | None = None) -> list[InvalidUpdate]:
         """Apply stored updates without producing anything: while observed, the engine encodes
         what each transaction changed, which would triple the time to load a large document.
         Returns the errors of updates refused (the others are applied, or wait unbounded).
-        Raises :class:`EnginePanic` if the engine failed."""
+        Raises :class:`EnginePanic` if the engine failed.
+
+        ``whole`` (the name of the update at an index, for people) makes any refusal or engine
+        failure a :class:`DamagedDocument` instead: what the store holds is all or nothing."""
         self._check_usable()
         self._doc.unobserve(self._subscription)
         self._loading = True
         errors = []
+        index = -1
         try:
-            for update in updates:
+            for index, update in enumerate(updates):
                 try:
                     self.integrate(update, "stored")
                 except InvalidUpdate as exc:
+                    if whole is not None:
+                        raise DamagedDocument(f"{whole(index)} is refused: {exc}", exc.reason) from exc
                     errors.append(exc)
+            self._verify_clocks()
+        except EnginePanic as panic:
+            if whole is None:
+                raise
+            where = whole(index) if index >= 0 else "the document"
+            raise DamagedDocument(f"{where} fails the engine: {panic}") from panic
         finally:
             self._loading = False
-            self._subscription = self._doc.observe(self._on_transaction)
-        self._verify_clocks()
+            if self._damaged is None:
+                self._subscription = self._doc.observe(self._on_transaction)
         return errors
 
     def _apply_ready(self, plan: gate.Plan) -> bytes | None:

@@ -159,7 +159,11 @@ class StoreDocuments(Documents):
             raise Deleted(f"document {name!r} was deleted")
         if not stored.updates:
             raise NotFound(f"no document named {name!r} in {redact_url(self.url)}")
-        return crdt.document_from(stored.updates).full_state()
+        try:
+            return stored.document().full_state()
+        except crdt.DamagedDocument as damage:
+            raise Problem(f"document {name!r} is damaged in the store: {damage.reason} "
+                          "(nothing exported; `collab db check` lists every damaged document)") from damage
 
     def apply(self, name: str, update: bytes, *, recreate: bool = False) -> None:
         crdt.Document().apply(update)  # refuse what the engine refuses before storing it

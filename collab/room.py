@@ -225,6 +225,10 @@ class Room:
         """Set once the document was deleted: nothing more is applied or stored here."""
         self.on_deleted: Callable[[], None] | None = None
         """Called when this room learns that the document was deleted elsewhere."""
+        self.damaged: crdt.DamagedDocument | None = None
+        """Set when a rebuild found the stored document damaged: the room is not used again."""
+        self.on_damaged: Callable[[crdt.DamagedDocument], None] | None = None
+        """Called then (its members are closed already)."""
         self._catching_up: asyncio.Task[int] | None = None
         self._from_store: tuple[int | None, AbstractSet[int]] = (None, frozenset())
         """What this document holds of the store: the snapshot version applied and the log
@@ -242,8 +246,9 @@ class Room:
     # --- loading ----------------------------------------------------------------------------
 
     def load(self, stored: StoredDocument) -> None:
-        """Apply what the store holds; a stored update the gate refuses is skipped, loudly.
-        Raises :class:`crdt.EnginePanic` when the engine failed on it."""
+        """Apply what the store holds, whole: raises :class:`crdt.DamagedDocument` (and changes
+        nothing) when the gate or the engine refuses a stored update, rather than serve a part
+        of the document as if it were all of it."""
         self.doc = self._loaded_document(stored)
         self.size_bound = sum(len(update) for update in stored.updates)
         self._measured_size = 0
@@ -258,10 +263,7 @@ class Room:
         self._from_store = (None, frozenset())
 
     def _loaded_document(self, stored: StoredDocument) -> crdt.Document:
-        doc = crdt.Document()
-        for error in doc.load(stored.updates):
-            self.refusals.refused(error.reason)
-            log.error("room %r: skipped a stored update the gate refuses: %s", self.name, error)
+        doc = stored.document()
         if doc.waiting:
             log.warning("room %r: %d stored updates wait for changes the store does not have",
                         self.name, doc.waiting)
@@ -334,12 +336,9 @@ class Room:
                     await self.store.flush()
                     self.load(await self.store.load(self.name))
                     break
-                except crdt.EnginePanic as panic:
-                    log.error("room %r: the stored document fails the engine too (%s); it is "
-                              "served empty until a client brings it back", self.name, panic)
-                    self.doc = crdt.Document()
-                    self._document_replaced()
-                    break
+                except crdt.DamagedDocument as damage:
+                    self._found_damaged(damage)
+                    return
                 except Exception as exc:
                     log.error("room %r: rebuilding from the store failed (%s); retrying", self.name, exc)
                     await asyncio.sleep(1.0)
@@ -349,6 +348,17 @@ class Room:
         queued, self._queued_during_rebuild = self._queued_during_rebuild, []
         for message in queued:
             self.on_bus_message(message)
+
+    def _found_damaged(self, damage: crdt.DamagedDocument) -> None:
+        """The store cannot give the document back whole: serve none of it (clients that
+        joined meanwhile are closed too; they keep their copies)."""
+        self.damaged = damage
+        self._queued_during_rebuild = []
+        reason = codes.close_reason(f"document damaged in the store: {damage.reason}")
+        for member in list(self.members):
+            member.peer.close(codes.DOCUMENT_DAMAGED.close, reason)
+        if self.on_damaged is not None:
+            self.on_damaged(damage)
 
     # --- members ----------------------------------------------------------------------------
 

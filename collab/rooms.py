@@ -5,18 +5,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from collab import codes
+from collab import codes, crdt
 from collab.admission import Access
 from collab.bus import Bus, Kind
 from collab.gate import Refusals
+from collab.metrics import counter
 from collab.room import PRESENCE_HOLD, Member, Peer, Room, RoomLimits, RoomStats
 from collab.store import Store
 
 log = logging.getLogger("collab.rooms")
 
 DELETED_REASON = "document deleted"
+
+DAMAGED_RECHECK = 10.0
+"""Seconds a document found damaged is refused without reading the store again (its clients
+reconnect every few seconds; each would otherwise reload it)."""
+
+
+@dataclass(slots=True)
+class DamageStats:
+    """Documents refused because a stored update of theirs is refused (rendered on /metrics)."""
+
+    damaged_loads: int = counter("loads that found a stored update the gate or the engine "
+                                 "refuses (the document is refused, not served in part)")
+    damaged_refusals: int = counter("connections and requests refused because their document "
+                                    "is damaged in the store")
 
 
 class DocumentDeleted(Exception):
@@ -56,6 +72,10 @@ class Rooms:
         self._deleting: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._bus_watch: asyncio.Task[None] | None = None
+        self.damage = DamageStats()
+        self.damaged: dict[str, tuple[float, crdt.DamagedDocument]] = {}
+        """Documents found damaged: when, and why (refused again without a load until
+        :data:`DAMAGED_RECHECK` has passed; dropped when a load finds them whole)."""
 
     def start(self) -> None:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="rooms-housekeeping")
@@ -66,6 +86,9 @@ class Rooms:
         """Join the room ``name`` (loading it if need be); see :meth:`Room.join`."""
         room = await self.get(name)
         await room.ready()
+        if room.damaged is not None:  # the rebuild it waited for found the store damaged
+            self.damage.damaged_refusals += 1
+            raise room.damaged
         eviction = self._evictions.pop(name, None)
         if eviction is not None:
             eviction.cancel()
@@ -78,6 +101,8 @@ class Rooms:
         self._evict_when_idle(room)
 
     def _evict_when_idle(self, room: Room) -> None:
+        if room.damaged is not None:
+            return  # forgotten already: nothing of it to store or compact
         if not room.members and not room.leases and not room.deleted and room.name not in self._evictions:
             self._evictions[room.name] = asyncio.create_task(self._evict_later(room))
 
@@ -97,6 +122,7 @@ class Rooms:
         keeps a tombstone, and the other instances are told to close theirs. Returns whether
         there was anything to delete (stored content or clients)."""
         self._deleting.add(name)
+        self.damaged.pop(name, None)  # deleting is how a damaged document is cleared
         try:
             loading = self._loading.get(name)
             if loading is not None:
@@ -114,6 +140,7 @@ class Rooms:
 
     async def revive(self, name: str) -> bool:
         """Let a deleted name be used again (see :meth:`collab.store.base.Store.revive`)."""
+        self.damaged.pop(name, None)
         return await self.store.revive(name)
 
     def _discard(self, room: Room) -> None:
@@ -129,9 +156,30 @@ class Rooms:
         self._unsubscribing[room.name] = leaving
         leaving.add_done_callback(lambda _task: self._unsubscribing.pop(room.name, None))
 
+    def found_damaged(self, name: str, damage: crdt.DamagedDocument) -> None:
+        """A document's stored updates include one the gate or the engine refuses: count it,
+        say so, and refuse it for a while without reading the store again."""
+        self.damage.damaged_loads += 1
+        if name not in self.damaged:
+            log.error("document %r is damaged in the store and is refused: %s (see `collab db "
+                      "check`)", name, damage.reason)
+        self.damaged[name] = (asyncio.get_running_loop().time(), damage)
+
+    def refuse_damaged(self, name: str) -> None:
+        """Raise the damage of ``name`` if it was found damaged lately (counted)."""
+        known = self.damaged.get(name)
+        if known is None:
+            return
+        if asyncio.get_running_loop().time() - known[0] < DAMAGED_RECHECK:
+            self.damage.damaged_refusals += 1
+            raise known[1]
+
     async def get(self, name: str) -> Room:
+        """The live room of ``name``, loaded if need be. Raises :class:`DocumentDeleted`, and
+        :class:`collab.crdt.DamagedDocument` for a document that cannot be loaded whole."""
         if name in self._deleting:
             raise DocumentDeleted(name)
+        self.refuse_damaged(name)
         room = self.rooms.get(name)
         if room is not None:
             return room
@@ -144,30 +192,53 @@ class Rooms:
             loading = asyncio.create_task(self._load(name), name=f"load:{name}")
             self._loading[name] = loading
             loading.add_done_callback(lambda task: self._loaded(name, task))
-        return await asyncio.shield(loading)
+        try:
+            return await asyncio.shield(loading)
+        except crdt.DamagedDocument:
+            self.damage.damaged_refusals += 1
+            raise
 
     async def _load(self, name: str) -> Room:
         room = Room(name, self.store, self.bus, durable_acks=self.durable_acks,
                     presence_hold=self.presence_hold, limits=self.limits, stats=self.stats,
                     refusals=self.refusals)
         room.on_deleted = lambda: self._discard(room)
+        room.on_damaged = lambda damage: self._drop_damaged(room, damage)
         await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap, room.on_bus_unconfirmed)
         try:
             stored = await self.store.load(name)
             if stored.deleted or name in self._deleting:
                 raise DocumentDeleted(name)
             room.load(stored)
+        except crdt.DamagedDocument as damage:
+            self.found_damaged(name, damage)
+            await self._unsubscribe_quietly(name)
+            raise
         except BaseException:
             await self._unsubscribe_quietly(name)
             raise
+        self.damaged.pop(name, None)
         self.rooms[name] = room
         return room
 
     def _loaded(self, name: str, task: asyncio.Task[Room]) -> None:
         self._loading.pop(name, None)
         if not task.cancelled() and task.exception() is not None and not isinstance(
-                task.exception(), DocumentDeleted):  # the joiners get it too
+                task.exception(), (DocumentDeleted, crdt.DamagedDocument)):  # the joiners get it too
             log.error("loading room %r failed: %s", name, task.exception())
+
+    def _drop_damaged(self, room: Room, damage: crdt.DamagedDocument) -> None:
+        """A rebuild found the stored document damaged: the room (its members already closed)
+        is forgotten, and the document refused like any found damaged on loading."""
+        self.found_damaged(room.name, damage)
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        eviction = self._evictions.pop(room.name, None)
+        if eviction is not None:
+            eviction.cancel()
+        leaving = asyncio.create_task(self._unsubscribe_quietly(room.name))
+        self._unsubscribing[room.name] = leaving
+        leaving.add_done_callback(lambda _task: self._unsubscribing.pop(room.name, None))
 
     async def _evict_later(self, room: Room) -> None:
         try:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from collab.store.base import Store, StoredDocument
+from collab.store.base import Damage, Store, StoreDamaged, StoredDocument
 
-__all__ = ["Store", "StoredDocument", "UnsupportedStore", "open_store"]
+__all__ = ["Damage", "Store", "StoreDamaged", "StoredDocument", "UnsupportedStore", "open_store"]
 
 
 class UnsupportedStore(ValueError):

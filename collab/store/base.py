@@ -13,6 +13,7 @@ import time
 import zlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,40 @@ class StoredDocument:
     deleted: bool = False
     """The document was deleted: it has no content, and it is not recreated by a client that
     reconnects with a copy (only :meth:`Store.revive` lets the name be used again)."""
+    snapshot: bool = False
+    """The first update is the compacted snapshot."""
+    positions: list[int] = field(default_factory=list)
+    """The log position of each update after the snapshot."""
+
+    def describe(self, index: int) -> str:
+        """Which stored update ``updates[index]`` is, for people (an operator finds it by this)."""
+        if self.snapshot and index == 0:
+            return "the snapshot"
+        at = index - self.snapshot
+        return f"log entry {self.positions[at]}" if at < len(self.positions) else f"update {index}"
+
+    def document(self) -> crdt.Document:
+        """The document these updates make, whole: raises :class:`crdt.DamagedDocument` naming
+        the first stored update the gate or the engine refuses, rather than a part of it."""
+        doc = crdt.Document()
+        doc.load(self.updates, whole=self.describe)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """A document found damaged or incomplete by :meth:`Store.check`."""
+
+    name: str
+    kind: str
+    """``damaged`` (a stored update is refused: it is not served) or ``incomplete`` (stored
+    updates wait for changes the store does not have: their edits are not visible)."""
+    reason: str
+
+
+class StoreDamaged(RuntimeError):
+    """The store itself fails its check (a damaged file, or a file that is not a collab store):
+    it is not opened, so that nothing is served from it as if it were whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +204,31 @@ class Store(ABC):
         part = await self._read_log(name)
         if part.deleted:
             return StoredDocument(deleted=True)
-        return StoredDocument(part.everything, max([part.snapshot_position, *part.positions]))
+        return StoredDocument(part.everything, max([part.snapshot_position, *part.positions]),
+                              snapshot=part.snapshot is not None, positions=part.positions)
+
+    async def check(self) -> AsyncIterator[tuple[str, Damage | None]]:
+        """Load every document and yield ``(name, damage or None)``: one document in memory at
+        a time. The store's own check (``quick_check`` for SQLite) ran when it was opened;
+        :meth:`check_store` adds the thorough one."""
+        for name in await self.names():
+            stored = await self.load(name)
+            if stored.deleted:
+                continue
+            try:
+                doc = stored.document()
+            except crdt.DamagedDocument as exc:
+                yield name, Damage(name, "damaged", exc.reason)
+                continue
+            if doc.waiting:
+                yield name, Damage(name, "incomplete", f"{doc.waiting} stored updates wait for "
+                                                       "changes the store does not have")
+                continue
+            yield name, None
+
+    async def check_store(self) -> list[str]:
+        """The store's own thorough check: what it found wrong (nothing by default)."""
+        return []
 
     async def read_log(self, name: str) -> LogSlice:
         """The snapshot and the log of ``name`` with their positions and the snapshot's

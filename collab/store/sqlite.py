@@ -8,6 +8,7 @@ WAL lets run beside a write). The event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from collab.store.base import DocumentInfo, LogSlice, Store
+from collab.store.base import DocumentInfo, LogSlice, Store, StoreDamaged
 
 T = TypeVar("T")
 
@@ -48,6 +49,76 @@ INSERT OR IGNORE INTO documents (doc) SELECT doc FROM snapshots UNION SELECT doc
 recorded in SQLite's ``user_version``. Additive only, so an older release can still open it."""
 
 
+COLUMNS = {"updates": {"seq", "doc", "data"}, "snapshots": {"doc", "data", "position", "version"}}
+"""The tables (and their columns) that make a file a collab store, of any release."""
+
+
+def check_file(path: Path) -> None:
+    """Refuse an existing file that SQLite finds damaged (``quick_check``: every page and
+    record is well-formed) or that is not a collab store (a 0-byte file, another program's
+    database). Reads only: nothing is written to a file that is refused."""
+    size = path.stat().st_size
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreDamaged(f"the file cannot be opened: {exc}") from exc
+    try:
+        try:
+            problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(20)")]
+            tables = {str(row[0]) for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {table: {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
+                       for table in COLUMNS if table in tables}
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise StoreDamaged(f"the file is not an SQLite database ({exc}); name another "
+                                   "file (only a missing file is created)") from exc
+            raise StoreDamaged(f"the file is damaged: SQLite cannot read it ({exc}); restore it "
+                               "from a backup") from exc
+    finally:
+        db.close()
+    if problems != ["ok"]:
+        first = " ".join(problems[0].split())
+        raise StoreDamaged(f"the file is damaged: SQLite's quick_check reports "
+                           f"{len(problems)}{'+' if len(problems) >= 20 else ''} problems, the first: "
+                           f"{first}; restore it from a backup (collab db check lists what it can read)")
+    if not tables:
+        raise StoreDamaged(f"the file is not a collab store: it is empty ({size} bytes); move it "
+                           "away (only a missing file is created)")
+    missing = [f"{table}({', '.join(sorted(wanted - columns.get(table, set())))})"
+               if table in columns else table
+               for table, wanted in COLUMNS.items() if not wanted <= columns.get(table, set())]
+    if missing:
+        others = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise StoreDamaged(f"the file is not a collab store: it lacks {', '.join(missing)} (its "
+                           f"tables: {others}); name another file")
+
+
+def create_file(path: Path) -> None:
+    """Create an empty store at ``path`` whole or not at all: built beside it, then linked into
+    place only if nothing is there yet (so that a crash never leaves a half-made file that the
+    next start would refuse, and two processes starting at once never replace each other's)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.new")
+    db = sqlite3.connect(partial, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.executescript(f"BEGIN IMMEDIATE; {SCHEMA}; COMMIT;")
+        migrate(db)
+    finally:
+        db.close()
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        pass  # another process made it first: that one is checked like any existing file
+    except OSError:  # no hard links on this filesystem
+        if not path.exists():
+            os.replace(partial, path)
+    finally:
+        for leftover in (partial, partial.with_name(partial.name + "-wal"),
+                         partial.with_name(partial.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
 def migrate(db: sqlite3.Connection) -> None:
     current = db.execute("PRAGMA user_version").fetchone()[0]
     for version, script in MIGRATIONS:
@@ -78,6 +149,9 @@ class SQLiteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def open_writer() -> None:
+            if not self.path.exists():
+                create_file(self.path)
+            check_file(self.path)
             self._write_db = self._connect()
             self._write_db.executescript(SCHEMA)
             migrate(self._write_db)
@@ -96,6 +170,16 @@ class SQLiteStore(Store):
         await self._run(self._writer_pool, close(self._write_db))
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
+
+    async def check_store(self) -> list[str]:
+        """SQLite's ``integrity_check``: ``quick_check`` (run at open) and the indexes too."""
+        def check() -> list[str]:
+            db = self._read_db
+            assert db is not None
+            rows = [" ".join(str(row[0]).split()) for row in db.execute("PRAGMA integrity_check(20)")]
+            return [] if rows == ["ok"] else rows
+
+        return await self._run(self._reader_pool, check)
 
     async def _write_batch(self, batch: list[tuple[str, bytes]]) -> list[int]:
         now = time.time()

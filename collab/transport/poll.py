@@ -213,6 +213,9 @@ class PollEndpoint:
                                            client_key=query.client)
         except DocumentDeleted:
             raise Answer(codes.DOCUMENT_DELETED.http or 410, DELETED_REASON) from None
+        except crdt.DamagedDocument as damage:
+            raise Answer(codes.DOCUMENT_DAMAGED.http or 500,
+                         f"document damaged in the store: {damage.reason}") from None
         room = member.room
         try:
             for message in body.messages:

@@ -316,6 +316,10 @@ class WebSocketEndpoint:
                 self._handle_frame(member, peer, message.get("bytes"), message.get("text"))
         except DocumentDeleted:
             self._refuse(peer, "deleted", codes.DOCUMENT_DELETED, DELETED_REASON)
+        except crdt.DamagedDocument as damage:  # counted and logged by the rooms
+            self._count_refusal("damaged")
+            peer.close(codes.DOCUMENT_DAMAGED.close,
+                       codes.close_reason(f"document damaged in the store: {damage.reason}"))
         except asyncio.CancelledError:
             if peer.close_request is None:
                 raise
