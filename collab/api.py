@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from collab import codes, crdt
 from collab.admission import Access, AccessRequest, Admission, Refused, check_document_name
+from collab.mount import app_raw_path
 from collab.rooms import DocumentDeleted, Rooms
 from collab.store import Store
 from collab.store.base import DocumentInfo
@@ -257,10 +258,9 @@ class DocumentAPI:
 
 def _target(request: Request) -> tuple[str, bool]:
     """(document name as sent, still percent-encoded; whether the update endpoint is meant)."""
-    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
-    path = raw.decode("latin-1")
+    path = app_raw_path(request.scope).decode("latin-1")
     marker = PREFIX + "/"
-    rest = path[path.index(marker) + len(marker):] if marker in path else ""
+    rest = path[len(marker):] if path.startswith(marker) else ""
     update = rest.endswith("/update")
     name = rest[:-len("/update")] if update else rest
     check_document_name(name)

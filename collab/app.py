@@ -7,7 +7,9 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,18 +19,19 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from collab import __version__, codes
-from collab.admission import Admission, Authorize, ConnectionLimits, OriginPolicy, open_access
+from collab.admission import Admission, Authorize, ConnectionLimits, OriginPolicy, Refused, open_access
 from collab.api import DocumentAPI
 from collab.bus import Bus, open_bus
 from collab.config import Settings, redact_url
 from collab.metrics import CONTENT_TYPE, Metrics
+from collab.mount import app_path, below_mount
 from collab.room import RoomLimits
 from collab.rooms import Rooms
 from collab.store import Store, open_store
 from collab.tokens import TokenAuthorizer
 from collab.transport.guard import RequestGuard
 from collab.transport.poll import PollEndpoint, PollLimits
-from collab.transport.websocket import Limits, WebSocketEndpoint
+from collab.transport.websocket import Limits, WebSocketEndpoint, deny
 
 log = logging.getLogger("collab")
 
@@ -55,27 +58,50 @@ class CollabApp(Starlette):
     """The Starlette app, except that WebSockets under ``/ws`` and the HTTP fallback under
     ``/poll`` go straight to their endpoints: no routing (a room name may hold anything a URL can
     carry, which a route pattern would refuse with a bare 403) and no middleware frames kept
-    alive for the life of every connection."""
+    alive for the life of every connection. Paths are read below the mount point, so the app
+    works at any prefix (``Mount("/collab", app=server.app)``, ``uvicorn --root-path``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and self.state.collab.on_metrics_listener(scope):
-            if scope["path"] not in METRICS_LISTENER_PATHS:
+        collab: Collab = self.state.collab
+        if scope["type"] == "lifespan":
+            await collab.asgi_lifespan(receive, send)
+            return
+        if scope["type"] not in ("http", "websocket"):
+            await super().__call__(scope, receive, send)
+            return
+        path = app_path(scope)
+        if collab.phase == "new" and path != "/liveness_check":
+            await not_running(scope, receive, send)
+            return
+        if collab.on_metrics_listener(scope):
+            if path not in METRICS_LISTENER_PATHS:
                 await PlainTextResponse("Not Found\n", status_code=404)(scope, receive, send)
                 return
         elif scope["type"] == "websocket":
-            path = scope["path"]
             if path == "/ws" or path.startswith("/ws/"):
-                await self.state.collab.sockets(scope, receive, send)
+                await collab.sockets(below_mount(scope), receive, send)
                 return
-        elif scope["type"] == "http":
-            path = scope["path"]
-            if path == "/poll" or path.startswith("/poll/"):
-                await self.state.collab.polls(scope, receive, send)
-                return
-        elif scope["type"] == "lifespan":
-            await self.state.collab.lifespan(receive, send)
+        elif path == "/poll" or path.startswith("/poll/"):
+            await collab.polls(below_mount(scope), receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+NOT_RUNNING = ("collab is not running: a host application starts it with its lifespan "
+               "(Starlette(..., lifespan=server.lifespan))")
+
+
+async def not_running(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer of an app whose lifespan was never entered: a clear 503, not a hang."""
+    if scope["type"] == "websocket":
+        await deny(scope, send, Refused(codes.SERVICE_RESTART, NOT_RUNNING))
+        return
+    await PlainTextResponse(NOT_RUNNING + "\n", status_code=503)(scope, receive, send)
+
+
+class CannotStart(RuntimeError):
+    """A part of collab (the store, the bus) could not start; the message says which and why,
+    in one line for people."""
 
 
 def is_loopback(host: str) -> bool:
@@ -92,13 +118,20 @@ def default_authorizer(settings: Settings) -> Authorize:
     return TokenAuthorizer(settings.secret) if settings.secret else open_access
 
 
+Phase = Literal["new", "running", "stopped"]
+
+
 class Collab:
-    """The parts one instance runs, and the flag that says whether it takes new clients.
+    """One collab server: the composition root. It owns the store, the bus, the rooms and the
+    endpoints; :attr:`app` is its ASGI app (mountable at any prefix) and :meth:`lifespan` opens
+    and closes its parts for the life of whoever serves the app: a host application, or
+    ``collab serve``, which is built on this same object.
 
     ``authorize`` is a host application's access decision; it replaces the built-in one
     (signed tokens with ``COLLAB_SECRET``, open without)."""
 
-    def __init__(self, settings: Settings, *, authorize: Authorize | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, authorize: Authorize | None = None) -> None:
+        settings = settings or Settings.from_env()
         self.settings = settings
         self.editor = settings.editor_dir
         if settings.web_dir is not None and not (settings.web_dir / "index.html").is_file():
@@ -115,6 +148,7 @@ class Collab:
                                max_presence_state=settings.max_presence_state,
                                max_presence_entries=settings.max_presence_entries))
         self.accepting = False
+        self.phase: Phase = "new"
         self.loop: asyncio.AbstractEventLoop | None = None
         self.open = authorize is None and not settings.secret
         self.admission = Admission(
@@ -141,6 +175,9 @@ class Collab:
         self.api = DocumentAPI(self.rooms, self.store, self.admission, max_body=settings.max_message_size)
         self.metrics = Metrics()
         self._register_metrics()
+        self.app: Starlette = self._build_app()
+        """The ASGI app: the editor, its assets, the WebSocket and fallback endpoints, the
+        document API, health and metrics, all relative to wherever it is mounted."""
 
     def _register_metrics(self) -> None:
         """Every part's counters, and the gauges read from their state, in one registry."""
@@ -172,6 +209,60 @@ class Collab:
         metrics.add("collab_store_", lambda: self.store.stats)
         metrics.add("collab_bus_", lambda: self.bus.stats)
         metrics.add("collab_poll_", self.polls.stats)
+
+    def _build_app(self) -> Starlette:
+        collab, settings = self, self.settings
+
+        async def liveness(_request: Request) -> Response:
+            return PlainTextResponse("ok\n")
+
+        async def readiness(_request: Request) -> Response:
+            if collab.accepting and collab.store.is_open:
+                return PlainTextResponse(f"ready: {collab.serves}\n")
+            return PlainTextResponse("not ready\n", status_code=503)
+
+        async def metrics(request: Request) -> Response:
+            refusal = metrics_refusal(settings, request, collab.open)
+            if refusal is not None:
+                return refusal
+            return Response(collab.metrics.render(), media_type=CONTENT_TYPE)
+
+        web_dir = collab.editor or Path("/nonexistent")
+        index_html = web_dir / "index.html"
+
+        async def editor(_request: Request) -> Response:
+            """The page: the list of documents at the root, a document at /d/<name> (one HTML
+            file; the page tells them apart by its own path, relative to wherever the app is
+            mounted)."""
+            if collab.editor is None:
+                return PlainTextResponse(
+                    "This server has no editor: it is not built. Run `make run` in a checkout (it "
+                    "builds web/ with npm), or install a collab wheel; any Yjs client can use "
+                    "/ws/<name>.\n", status_code=404)
+            return FileResponse(index_html, headers={"Cache-Control": "no-cache"})
+
+        service_worker = web_dir / "sw.js"
+
+        async def worker(_request: Request) -> Response:
+            """Served from the app's root so that it may keep the pages loadable while offline."""
+            if not service_worker.is_file():
+                return PlainTextResponse("The editor is not built.\n", status_code=404)
+            return FileResponse(service_worker, media_type="text/javascript",
+                                headers={"Cache-Control": "no-cache"})
+
+        routes = [
+            Route("/liveness_check", liveness),
+            Route("/readiness_check", readiness),
+            Route("/metrics", metrics),
+            *collab.api.routes(),
+            Route("/", editor),
+            Route("/d/{name:path}", editor),
+            Route("/sw.js", worker),
+            Mount("/assets", AssetFiles(directory=web_dir / "assets", check_dir=False)),
+        ]
+        app = CollabApp(routes=routes)
+        app.state.collab = collab
+        return app
 
     @property
     def serves(self) -> str:
@@ -213,19 +304,40 @@ class Collab:
             log.warning("no editor to serve: it is not built (run `make web` in a checkout, or "
                         "install a collab wheel, which ships it); serving /ws/<name> and /api/docs only")
 
-    async def lifespan(self, receive: Receive, send: Send) -> None:
-        """The ASGI lifespan protocol. A failure to start is one line ("cannot open the store
-        …: connection refused"), not a traceback."""
-        await receive()  # lifespan.startup
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
+        """Open the store and the bus and start the rooms; on leaving, take no new clients,
+        close the ones left with 1012 and flush everything to the store. A host application
+        passes it as its lifespan (``Starlette(lifespan=server.lifespan)``; it takes the host
+        app as an argument and ignores it) or enters it inside its own. A failure to start is
+        one :class:`CannotStart` with a line for people, not a traceback of the part."""
+        if self.phase != "new":
+            raise RuntimeError(f"this collab server is {self.phase}: a Collab runs once")
         try:
             await self.start()
         except Exception as exc:
             await self.close_quietly()
-            await send({"type": "lifespan.startup.failed", "message": f"collab cannot start: {exc}"})
-            return
-        await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown
-        await self.stop()
+            self.phase = "stopped"
+            raise CannotStart(f"collab cannot start: {exc}") from exc
+        self.phase = "running"
+        try:
+            yield
+        finally:
+            self.phase = "stopped"
+            await self.stop()
+
+    async def asgi_lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol, for a server that runs :attr:`app` on its own
+        (``uvicorn --factory collab.app:create_app``); it enters :meth:`lifespan`."""
+        await receive()  # lifespan.startup
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.lifespan())
+            except CannotStart as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
         await send({"type": "lifespan.shutdown.complete"})
 
     async def close_quietly(self) -> None:
@@ -267,58 +379,6 @@ def metrics_refusal(settings: Settings, request: Request, open_server: bool) -> 
     return None
 
 
-
-
 def create_app(settings: Settings | None = None, *, authorize: Authorize | None = None) -> Starlette:
-    settings = settings or Settings.from_env()
-    collab = Collab(settings, authorize=authorize)
-
-    async def liveness(_request: Request) -> Response:
-        return PlainTextResponse("ok\n")
-
-    async def readiness(_request: Request) -> Response:
-        if collab.accepting and collab.store.is_open:
-            return PlainTextResponse(f"ready: {collab.serves}\n")
-        return PlainTextResponse("not ready\n", status_code=503)
-
-    async def metrics(request: Request) -> Response:
-        refusal = metrics_refusal(settings, request, collab.open)
-        if refusal is not None:
-            return refusal
-        return Response(collab.metrics.render(), media_type=CONTENT_TYPE)
-
-    web_dir = collab.editor or Path("/nonexistent")
-    index_html = web_dir / "index.html"
-
-    async def editor(_request: Request) -> Response:
-        """The page: the list of documents at the root, a document at /d/<name> (one HTML file;
-        the page tells them apart by its own path, relative to wherever the app is mounted)."""
-        if collab.editor is None:
-            return PlainTextResponse(
-                "This server has no editor: it is not built. Run `make run` in a checkout (it "
-                "builds web/ with npm), or install a collab wheel; any Yjs client can use "
-                "/ws/<name>.\n", status_code=404)
-        return FileResponse(index_html, headers={"Cache-Control": "no-cache"})
-
-    service_worker = web_dir / "sw.js"
-
-    async def worker(_request: Request) -> Response:
-        """Served from the root so that it may keep the pages loadable while offline."""
-        if not service_worker.is_file():
-            return PlainTextResponse("The editor is not built.\n", status_code=404)
-        return FileResponse(service_worker, media_type="text/javascript",
-                            headers={"Cache-Control": "no-cache"})
-
-    routes = [
-        Route("/liveness_check", liveness),
-        Route("/readiness_check", readiness),
-        Route("/metrics", metrics),
-        *collab.api.routes(),
-        Route("/", editor),
-        Route("/d/{name:path}", editor),
-        Route("/sw.js", worker),
-        Mount("/assets", AssetFiles(directory=web_dir / "assets", check_dir=False)),
-    ]
-    app = CollabApp(routes=routes)
-    app.state.collab = collab
-    return app
+    """The ASGI app of a new :class:`Collab` (its ``state.collab``)."""
+    return Collab(settings, authorize=authorize).app

@@ -119,7 +119,7 @@ def serve(args: argparse.Namespace) -> int:
     exit: bad settings 2, an address it cannot listen on 4, a part that cannot start 3."""
     import uvicorn
 
-    from collab.app import create_app
+    from collab.app import CannotStart, Collab
     from collab.config import instance_local_store_problem
     from collab.store import UnsupportedStore
     from collab.transport.direct import DirectWebSocketProtocol
@@ -131,11 +131,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"collab: {problem}", file=sys.stderr)
         return 2
     try:
-        app = create_app(settings)
+        collab = Collab(settings)
     except (UnsupportedStore, ValueError) as exc:
         print(f"collab: {exc}", file=sys.stderr)
         return 2
-    collab = app.state.collab
     addresses = [(settings.host, settings.port)]
     if settings.metrics_listen is not None:
         addresses.append(settings.metrics_listen)
@@ -152,7 +151,7 @@ def serve(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 4
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+        collab.app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
         http=collab.guard.protocol,
         ws=DirectWebSocketProtocol if settings.websocket_layer == "direct" else "websockets-sansio",
         ws_max_size=settings.max_message_size, ws_per_message_deflate=settings.per_message_deflate,
@@ -171,20 +170,18 @@ def serve(args: argparse.Namespace) -> int:
             self._captured_signals.clear()  # a graceful stop exits 0, not by re-raising the signal
 
     async def main() -> int:
-        # Started here rather than through the ASGI lifespan, so that a part that cannot
-        # start is reported once, by us, and nothing says "stopped" after it.
-        try:
-            await collab.start()
-        except Exception as exc:
-            await collab.close_quietly()
-            print(f"collab cannot start: {exc}", file=sys.stderr)
-            return 3
-        if settings.metrics_listen is not None:
-            log.info("/metrics on http://%s:%d only", *settings.metrics_listen)
-        try:
+        # The same lifespan a host application enters, entered here rather than by uvicorn so
+        # that a part that cannot start is reported once, by us, and nothing says "stopped"
+        # after it.
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(collab.lifespan())
+            except CannotStart as exc:
+                print(exc, file=sys.stderr)
+                return 3
+            if settings.metrics_listen is not None:
+                log.info("/metrics on http://%s:%d only", *settings.metrics_listen)
             await Server(config).serve(sockets=sockets)
-        finally:
-            await collab.stop()
         return 0
 
     try:

@@ -17,7 +17,8 @@ from collab.protocol import AwarenessEntry
 
 class PollClient:
     def __init__(self, base_url: str, room: str, *, acks: bool = True, client_id: int = 0,
-                 params: dict[str, str] | None = None) -> None:
+                 params: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> None:
+        self.headers = headers
         query = {**({"acks": "1"} if acks else {}), **(params or {})}
         self.url = f"{base_url}/{room}" + ("?" + urlencode(query) if query else "")
         self.doc = crdt.Document()
@@ -35,7 +36,8 @@ class PollClient:
         self.connection: PollConnection | None = None
 
     async def start(self, timeout: float = 10.0) -> PollClient:
-        self.connection = PollConnection(self.url, state_vector=self.doc.state_vector)
+        self.connection = PollConnection(self.url, state_vector=self.doc.state_vector,
+                                         headers=self.headers)
         self.connection.on_message = self._handle
         self.connection.on_close = self._on_close
         self.connection.send(protocol.encode_sync_step1(self.doc.state_vector()))

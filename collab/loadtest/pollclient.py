@@ -41,13 +41,16 @@ def close_code(status: int) -> int:
 
 class PollConnection:
     def __init__(self, url: str, *, timeout: float = 60.0,
-                 state_vector: Callable[[], bytes] | None = None) -> None:
+                 state_vector: Callable[[], bytes] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http":
             raise ValueError(f"only http:// URLs are supported, not {url!r}")
         self.path = parts.path
         self.params = dict(parse_qsl(parts.query, keep_blank_values=True))
         self.params["client"] = secrets.token_urlsafe(12)
+        self.headers = dict(headers or {})
+        """Sent with every request (a cookie or an Authorization header)."""
         self.http = HttpClient(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
         self.sends = HttpClient(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
         self.on_message: OnMessage = lambda data, t: None
@@ -93,7 +96,8 @@ class PollConnection:
             vector = self._state_vector_of() if self._state_vector_of else self._state_vector
             try:
                 response = await self.http.post(self._target(**params),
-                                                encode_body([protocol.encode_sync_step1(vector)]))
+                                                encode_body([protocol.encode_sync_step1(vector)]),
+                                                self.headers)
             except HttpError as exc:
                 failures += 1
                 if not await self._retry(failures, str(exc)):
@@ -116,7 +120,7 @@ class PollConnection:
             while self._outbox and not self._closed:
                 batch, self._outbox = self._outbox, []
                 try:
-                    response = await self.sends.post(self._target(), encode_body(batch))
+                    response = await self.sends.post(self._target(), encode_body(batch), self.headers)
                 except HttpError as exc:
                     response, reason = None, str(exc)
                 else:
@@ -188,7 +192,7 @@ class PollConnection:
     async def _goodbye(self, body: bytes) -> None:
         client = HttpClient(self.http.host, self.http.port, timeout=5.0)
         with contextlib.suppress(HttpError):
-            await client.post(self._target(bye="1"), body)
+            await client.post(self._target(bye="1"), body, self.headers)
         client.close()
 
 
