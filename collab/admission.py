@@ -7,11 +7,16 @@ answer with. Nothing of the document is sent before ``admit`` returned.
 
 The decision itself is an :data:`Authorize` function. The server's own (open, or signed tokens
 when a secret is set) is one of them; a host application's hook is another, used instead of it,
-never beside it.
+never beside it. A connection that stays open is :meth:`Admission.hold`-ed: the same decision is
+taken again for it every ``recheck_interval`` seconds, and its holder is told when the access
+was withdrawn or changed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from http.cookies import CookieError, SimpleCookie
@@ -22,7 +27,10 @@ from collab import codes
 from collab.codes import Refused
 
 __all__ = ["READ", "WRITE", "Access", "AccessRequest", "Admission", "AdmissionStats",
-           "Authorize", "ConnectionLimits", "OriginPolicy", "Refused", "Slot", "open_access"]
+           "Authorize", "ConnectionLimits", "Held", "Holder", "OriginPolicy", "Refused", "Slot",
+           "open_access"]
+
+log = logging.getLogger("collab.admission")
 
 Mode = Literal["read", "write"]
 
@@ -131,6 +139,14 @@ class AdmissionStats:
     refused_origin: int = 0
     refused_full: int = 0
     refused_shutting_down: int = 0
+    rechecks: int = 0
+    """Open connections whose access was decided again."""
+    withdrawn: int = 0
+    """Open connections closed because their access was withdrawn."""
+    access_changed: int = 0
+    """Open connections whose mode changed at a recheck (write to read or back)."""
+    recheck_errors: int = 0
+    """Rechecks whose authorizer failed (the connection is kept until the next one)."""
 
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
@@ -228,6 +244,32 @@ def _count(counts: dict[str, int], key: str, delta: int) -> None:
 HOLDING_TRANSPORTS = frozenset({"websocket", "poll"})
 """Transports whose admitted requests hold a connection slot until released."""
 
+RECHECK_CONCURRENCY = 16
+"""Decisions a recheck pass waits for at once (a host's authorizer may ask its database)."""
+
+
+class Holder:
+    """What holds an admitted connection open (a transport), told what a recheck found."""
+
+    def withdrawn(self, refused: Refused) -> None:
+        """The access is gone: close the connection with ``refused.close_code``."""
+        raise NotImplementedError
+
+    def changed(self, access: Access) -> None:
+        """The connection keeps going with ``access`` (another mode or user)."""
+        raise NotImplementedError
+
+
+@dataclass(eq=False, slots=True)
+class Held:
+    """An open connection admission decides on again: the request it was admitted with, the
+    access it has now, and when it is next due."""
+
+    request: AccessRequest
+    access: Access
+    holder: Holder
+    due: float
+
 
 class Admission:
     """Admits requests in a fixed order, cheapest refusal first: a valid name, an instance
@@ -238,12 +280,17 @@ class Admission:
     def __init__(self, authorize: Authorize = open_access, *,
                  is_accepting: Callable[[], bool] = lambda: True,
                  origins: OriginPolicy | None = None,
-                 limits: ConnectionLimits | None = None) -> None:
+                 limits: ConnectionLimits | None = None,
+                 recheck_interval: float = 0.0) -> None:
         self.authorize = authorize
         self.is_accepting = is_accepting
         self.origins = origins or OriginPolicy(("*",))
         self.limits = limits
+        self.recheck_interval = recheck_interval
+        """Seconds between two decisions on one open connection; 0: decided at connect only."""
         self.stats = AdmissionStats()
+        self.held: set[Held] = set()
+        self._rechecking: asyncio.Task[None] | None = None
 
     async def admit(self, request: AccessRequest) -> Access:
         """The access granted to ``request``; raises :class:`Refused`. For a connection
@@ -261,9 +308,7 @@ class Admission:
             stats.refused_origin += 1
             raise Refused(codes.FORBIDDEN, "pages from this origin may not connect")
         try:
-            access = await self.authorize(request)
-            if access is None:
-                raise Refused(codes.FORBIDDEN, "access denied")
+            access = await self._decide(request, "access denied")
         except Refused as refused:
             if refused.status == codes.UNAUTHORIZED.http:
                 stats.refused_unauthorized += 1
@@ -279,3 +324,81 @@ class Admission:
                 raise
         stats.admitted += 1
         return access
+
+    async def _decide(self, request: AccessRequest, refusal: str) -> Access:
+        access = await self.authorize(request)
+        if access is None:
+            raise Refused(codes.FORBIDDEN, refusal)
+        return access
+
+    # --- open connections -------------------------------------------------------------------
+
+    def hold(self, request: AccessRequest, access: Access, holder: Holder) -> Held | None:
+        """Decide on this open connection again every ``recheck_interval`` seconds until
+        :meth:`let_go`; None when rechecks are off."""
+        if self.recheck_interval <= 0:
+            return None
+        held = Held(request, access, holder, time.monotonic() + self.recheck_interval)
+        self.held.add(held)
+        return held
+
+    def let_go(self, held: Held | None) -> None:
+        if held is not None:
+            self.held.discard(held)
+
+    def start(self) -> None:
+        """Run the rechecks (while the server runs: :meth:`stop`)."""
+        if self.recheck_interval > 0 and self._rechecking is None:
+            self._rechecking = asyncio.get_running_loop().create_task(self._recheck_forever(),
+                                                                      name="admission-rechecks")
+
+    async def stop(self) -> None:
+        task, self._rechecking = self._rechecking, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _recheck_forever(self) -> None:
+        # Each connection is due on its own schedule (from its admission), so that connections
+        # admitted together are not all decided again at one instant by a wake-up of all.
+        step = max(self.recheck_interval / 8, 0.05)
+        while True:
+            await asyncio.sleep(step)
+            await self.recheck_due(time.monotonic())
+
+    async def recheck_due(self, now: float) -> None:
+        """Decide again on every held connection due by ``now``, a few at a time."""
+        due = [held for held in self.held if held.due <= now]
+        gate = asyncio.Semaphore(RECHECK_CONCURRENCY)
+
+        async def one(held: Held) -> None:
+            async with gate:
+                await self._recheck(held)
+
+        await asyncio.gather(*(one(held) for held in due))
+
+    async def _recheck(self, held: Held) -> None:
+        held.due = time.monotonic() + self.recheck_interval
+        if held not in self.held:
+            return
+        self.stats.rechecks += 1
+        try:
+            access = await self._decide(held.request, "access withdrawn")
+        except Refused as refused:
+            if held in self.held:
+                self.held.discard(held)
+                self.stats.withdrawn += 1
+                log.info("access to %r withdrawn (%s): closing with %d", held.request.document,
+                         refused.reason, refused.close_code)
+                held.holder.withdrawn(refused)
+            return
+        except Exception as exc:  # the authorizer failed: not a decision, keep the connection
+            self.stats.recheck_errors += 1
+            log.warning("rechecking access to %r failed (the connection is kept): %s",
+                        held.request.document, exc or type(exc).__name__)
+            return
+        current = held.access
+        if held in self.held and (access.mode, dict(access.user)) != (current.mode, dict(current.user)):
+            held.access = replace(access, slot=current.slot)
+            self.stats.access_changed += 1
+            held.holder.changed(held.access)

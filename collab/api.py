@@ -172,25 +172,14 @@ class DocumentAPI:
                                  "/api/docs/<name>/update\n", status_code=405)
 
     async def _read(self, name: str, *, as_update: bool) -> Response:
-        room = self.rooms.rooms.get(name)  # live here: fresher than the store by a commit window
-        if room is not None and not room.deleted and (room.members or room.doc.state_vector() != b"\x00"):
-            doc = room.doc
-        else:
-            try:
-                self.rooms.refuse_damaged(name)
-                stored = await self.store.load(name)
-                if stored.deleted:
-                    return _gone(name)
-                if not stored.updates:
-                    return _missing(name)
-                try:
-                    doc = stored.document()
-                except crdt.DamagedDocument as damage:
-                    self.rooms.found_damaged(name, damage)
-                    self.rooms.damage.damaged_refusals += 1
-                    raise
-            except crdt.DamagedDocument as damage:
-                return _damaged(damage)
+        try:
+            doc = await self.rooms.read(name)
+        except DocumentDeleted:
+            return _gone(name)
+        except crdt.DamagedDocument as damage:
+            return _damaged(damage)
+        if doc is None:
+            return _missing(name)
         if as_update:
             return Response(doc.full_state(), media_type="application/octet-stream")
         return Response(doc.text().encode("utf-8"), media_type="text/plain; charset=utf-8")

@@ -22,11 +22,12 @@ from collab import __version__, codes
 from collab.admission import Admission, Authorize, ConnectionLimits, OriginPolicy, Refused, open_access
 from collab.api import DocumentAPI
 from collab.bus import Bus, open_bus
+from collab.changes import ChangeNotifier, Hooks, OnChange, OnUpdate
 from collab.config import Settings, redact_url
 from collab.metrics import CONTENT_TYPE, Metrics
 from collab.mount import app_path, below_mount
 from collab.room import RoomLimits
-from collab.rooms import Rooms
+from collab.rooms import DocumentDeleted, Rooms
 from collab.store import Store, open_store
 from collab.tokens import TokenAuthorizer
 from collab.transport.guard import RequestGuard
@@ -128,9 +129,12 @@ class Collab:
     ``collab serve``, which is built on this same object.
 
     ``authorize`` is a host application's access decision; it replaces the built-in one
-    (signed tokens with ``COLLAB_SECRET``, open without)."""
+    (signed tokens with ``COLLAB_SECRET``, open without). ``on_change(name, text)`` and
+    ``on_update(name, update)`` are told after a document changed, debounced per document
+    (:mod:`collab.changes`)."""
 
-    def __init__(self, settings: Settings | None = None, *, authorize: Authorize | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, authorize: Authorize | None = None,
+                 on_change: OnChange | None = None, on_update: OnUpdate | None = None) -> None:
         settings = settings or Settings.from_env()
         self.settings = settings
         self.editor = settings.editor_dir
@@ -140,13 +144,18 @@ class Collab:
                                        compact_threshold=settings.compact_threshold)
         self.bus: Bus = open_bus(settings.redis, settings.instance_id,
                                  answer_timeout=settings.bus_timeout)
+        self.changes = ChangeNotifier(self._text_or_none, debounce=settings.change_debounce,
+                                      max_delay=settings.change_max_delay)
+        if on_change is not None or on_update is not None:
+            self.changes.add(Hooks(on_change, on_update))
         self.rooms = Rooms(self.store, self.bus, idle_seconds=settings.room_idle,
                            bus_poll_interval=settings.bus_poll_interval,
                            durable_acks=settings.durable_acks,
                            presence_hold=settings.poll_presence_hold, limits=RoomLimits(
                                max_document_size=settings.max_document_size,
                                max_presence_state=settings.max_presence_state,
-                               max_presence_entries=settings.max_presence_entries))
+                               max_presence_entries=settings.max_presence_entries),
+                           on_changed=self.changes.changed)
         self.accepting = False
         self.phase: Phase = "new"
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -157,7 +166,8 @@ class Collab:
             origins=OriginPolicy(settings.allowed_origins),
             limits=ConnectionLimits(per_instance=settings.max_connections,
                                     per_document=settings.max_connections_per_document,
-                                    per_address=settings.max_connections_per_address))
+                                    per_address=settings.max_connections_per_address),
+            recheck_interval=settings.recheck_interval)
         self.sockets = WebSocketEndpoint(
             self.rooms, self.admission,
             Limits(max_send_buffer=settings.max_send_buffer, keepalive=settings.keepalive,
@@ -209,6 +219,7 @@ class Collab:
         metrics.add("collab_store_", lambda: self.store.stats)
         metrics.add("collab_bus_", lambda: self.bus.stats)
         metrics.add("collab_poll_", self.polls.stats)
+        metrics.add("collab_changes_", self.changes.stats)
 
     def _build_app(self) -> Starlette:
         collab, settings = self, self.settings
@@ -270,6 +281,13 @@ class Collab:
         documents = "documents at /ws/<name> and /api/docs"
         return f"the editor, {documents}" if self.editor else f"{documents}; no editor (it is not built)"
 
+    async def _text_or_none(self, name: str) -> str | None:
+        try:
+            doc = await self.rooms.read(name)
+        except DocumentDeleted:
+            return None
+        return "" if doc is None else doc.text()
+
     def on_metrics_listener(self, scope: Scope) -> bool:
         return on_metrics_listener(self.settings, scope)
 
@@ -292,6 +310,7 @@ class Collab:
                                f"{exc or type(exc).__name__}") from exc
         await self.bus.open()
         self.rooms.start()
+        self.admission.start()
         self.loop = asyncio.get_running_loop()
         self.accepting = True
         warning = self.open_warning()
@@ -355,7 +374,9 @@ class Collab:
         """Take no new clients, close the ones left with 1012, flush everything to the store."""
         self.drain()
         self.sockets.close_all(codes.SERVICE_RESTART.close, "server restarting, reconnect")
+        await self.admission.stop()
         await self.rooms.close()
+        await self.changes.close()
         await self.store.close()
         await self.bus.close()
         log.info("collab stopped; every accepted update is stored")

@@ -191,6 +191,17 @@ class Settings:
         "web origins whose pages may connect, comma-separated (* for any); the server's own "
         "origin always may; empty: own origin and loopback pages only",
         "COLLAB_ALLOWED_ORIGINS", origin_list, "ORIGINS")})
+    recheck_interval: float = field(default=60.0, metadata={"option": Option(
+        "decide again this often whether each open WebSocket may still read or write (the "
+        "token, or a host application's authorize); withdrawn access closes it with 4403 "
+        "(4401 for an expired token), a lost write access makes it read-only; 0: at connect only",
+        "COLLAB_RECHECK_INTERVAL", non_negative_float, "SECONDS")})
+    change_debounce: float = field(default=2.0, metadata={"option": Option(
+        "change notifications (a host application's on_change, webhooks) wait until a document "
+        "has been quiet this long", "COLLAB_CHANGE_DEBOUNCE", positive_float, "SECONDS")})
+    change_max_delay: float = field(default=10.0, metadata={"option": Option(
+        "a document changed without a pause is notified at least this often",
+        "COLLAB_CHANGE_MAX_DELAY", positive_float, "SECONDS")})
     metrics_token: str | None = field(default=None, repr=False, metadata={"option": Option(
         "/metrics answers only requests with Authorization: Bearer TOKEN",
         "COLLAB_METRICS_TOKEN", metavar="TOKEN")})

@@ -229,6 +229,9 @@ class Room:
         """Set when a rebuild found the stored document damaged: the room is not used again."""
         self.on_damaged: Callable[[crdt.DamagedDocument], None] | None = None
         """Called then (its members are closed already)."""
+        self.on_changed: Callable[[str, bytes], None] | None = None
+        """Told of every change this room accepted itself (not of those heard from elsewhere):
+        change notifications, which only note it here."""
         self._catching_up: asyncio.Task[int] | None = None
         self._from_store: tuple[int | None, AbstractSet[int]] = (None, frozenset())
         """What this document holds of the store: the snapshot version applied and the log
@@ -387,6 +390,14 @@ class Room:
         if self.live_presence():
             peer.send(self._presence_frame())
         return member
+
+    def change_access(self, member: Member, access: Access) -> None:
+        """A recheck found the member's access changed: it applies from its next message on,
+        and a member that may no longer write is told once, as at join."""
+        could_write = member.may_write
+        member.access = access
+        if could_write and not member.may_write and member in self.members:
+            member.peer.send(READ_ONLY_FRAME)
 
     def leave(self, member: Member) -> None:
         """Drop the member and, for everyone else at once, its presence; a request's presence
@@ -553,6 +564,8 @@ class Room:
                 committed = self.store.append(self.name, change.update)
                 committed.add_done_callback(_retrieve)
                 self.bus.publish(self.name, Kind.UPDATE, change.update, durable=committed)
+                if self.on_changed is not None:
+                    self.on_changed(self.name, change.update)
 
     def _integrate_elsewhere(self, update: bytes) -> bool:
         """An update heard on the bus or read from the store: broadcast what it changed.
@@ -644,6 +657,8 @@ class Room:
         self._broadcast(frame, exclude=exclude)
         committed = self.store.append(self.name, produced)
         self.bus.publish(self.name, Kind.UPDATE, produced, durable=committed)
+        if self.on_changed is not None:
+            self.on_changed(self.name, produced)
         return frame, committed
 
     def close_members(self, code: int, reason: str) -> None:

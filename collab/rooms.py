@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +55,11 @@ class Rooms:
     def __init__(self, store: Store, bus: Bus, *, idle_seconds: float = 5.0,
                  durable_acks: bool = True, housekeeping_interval: float = 5.0,
                  bus_poll_interval: float = 1.0,
-                 presence_hold: float = PRESENCE_HOLD, limits: RoomLimits | None = None) -> None:
+                 presence_hold: float = PRESENCE_HOLD, limits: RoomLimits | None = None,
+                 on_changed: Callable[[str, bytes], None] | None = None) -> None:
         self.store = store
+        self.on_changed = on_changed
+        """Given to every room (see :attr:`Room.on_changed`)."""
         self.bus = bus
         self.limits = limits or RoomLimits()
         self.stats = RoomStats()
@@ -116,6 +120,28 @@ class Rooms:
         finally:
             self._evict_when_idle(room)
         return await committed
+
+    async def read(self, name: str) -> crdt.Document | None:
+        """The document as this instance knows it best: its live room (fresher than the store
+        by a commit window), else what the store holds. None when no such document was ever
+        written; raises :class:`DocumentDeleted`, or :class:`collab.crdt.DamagedDocument` for
+        a document the store holds damaged. The result is for reading only (a live room's own
+        document)."""
+        room = self.rooms.get(name)
+        if room is not None and not room.deleted and (room.members or room.doc.state_vector() != b"\x00"):
+            return room.doc
+        self.refuse_damaged(name)
+        stored = await self.store.load(name)
+        if stored.deleted:
+            raise DocumentDeleted(name)
+        if not stored.updates:
+            return None
+        try:
+            return stored.document()
+        except crdt.DamagedDocument as damage:
+            self.found_damaged(name, damage)
+            self.damage.damaged_refusals += 1
+            raise
 
     async def delete(self, name: str) -> bool:
         """Delete the document everywhere: its clients here are closed with 4410, the store
@@ -204,6 +230,7 @@ class Rooms:
                     refusals=self.refusals)
         room.on_deleted = lambda: self._discard(room)
         room.on_damaged = lambda damage: self._drop_damaged(room, damage)
+        room.on_changed = self.on_changed
         await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap, room.on_bus_unconfirmed)
         try:
             stored = await self.store.load(name)

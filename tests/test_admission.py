@@ -197,3 +197,54 @@ def test_an_open_server_says_so_louder_beyond_loopback() -> None:
     assert local is not None and "open" in local and "NETWORK" not in local
     assert public is not None and "OPEN TO THE NETWORK" in public and "0.0.0.0" in public
     assert Collab(Settings(store="memory://", host="0.0.0.0", secret="s" * 32)).open_warning() is None
+
+
+
+
+async def test_held_connections_are_decided_again_when_due_and_told_what_changed() -> None:
+    from collab.admission import Holder
+
+    grants: dict[str, Access | None] = {"ada": WRITE, "bob": WRITE, "cy": WRITE}
+    failing = {"flag": False}
+
+    async def authorize(request: AccessRequest) -> Access | None:
+        if failing["flag"]:
+            raise ConnectionError("the session store is down")
+        grant = grants[request.document]
+        if isinstance(grant, Exception):
+            raise grant
+        return grant
+
+    class Told(Holder):
+        def __init__(self) -> None:
+            self.events: list[object] = []
+
+        def withdrawn(self, refused: Refused) -> None:
+            self.events.append((refused.close_code, refused.reason))
+
+        def changed(self, access: Access) -> None:
+            self.events.append(access.mode)
+
+    admission = Admission(authorize, recheck_interval=60)
+    told = {name: Told() for name in grants}
+    held = {}
+    for name in grants:
+        request = AccessRequest(name, "websocket")
+        held[name] = admission.hold(request, await admission.admit(request), told[name])
+    grants["ada"] = None
+    grants["bob"] = Access("read", {"name": "Bob"})
+    grants["cy"] = Refused(codes.UNAUTHORIZED, "session expired")  # type: ignore[assignment]
+    await admission.recheck_due(time.monotonic())  # none due yet
+    assert all(not t.events for t in told.values()) and admission.stats.rechecks == 0
+    await admission.recheck_due(time.monotonic() + 61)
+    assert told["ada"].events == [(4403, "access withdrawn")]
+    assert told["bob"].events == ["read"]
+    assert told["cy"].events == [(4401, "session expired")]
+    assert admission.held == {held["bob"]}  # the withdrawn are let go
+    assert (admission.stats.withdrawn, admission.stats.access_changed) == (2, 1)
+    failing["flag"] = True  # an authorizer that fails decides nothing: the connection stays
+    await admission.recheck_due(time.monotonic() + 200)
+    assert admission.held == {held["bob"]} and admission.stats.recheck_errors == 1
+    admission.let_go(held["bob"])
+    assert not admission.held
+    assert Admission(authorize).hold(AccessRequest("ada", "websocket"), WRITE, told["ada"]) is None

@@ -26,7 +26,7 @@ from urllib.parse import unquote
 from starlette.types import Receive, Scope, Send
 
 from collab import codes, crdt, logs, protocol
-from collab.admission import Access, AccessRequest, Admission, Refused
+from collab.admission import Access, AccessRequest, Admission, Held, Holder, Refused
 from collab.codes import close_reason
 from collab.limits import TokenBucket
 from collab.room import Member
@@ -235,6 +235,24 @@ class WebSocketPeer:
                                                     "reason": reason}), CLOSE_FRAME_TIMEOUT)
 
 
+class _Grant(Holder):
+    """A connection as admission's rechecks see it."""
+
+    __slots__ = ("endpoint", "member", "peer")
+
+    def __init__(self, endpoint: WebSocketEndpoint, peer: WebSocketPeer, member: Member) -> None:
+        self.endpoint = endpoint
+        self.peer = peer
+        self.member = member
+
+    def withdrawn(self, refused: Refused) -> None:
+        self.endpoint._count_refusal(refusal_reason(refused.status))
+        self.peer.close(refused.close_code, refused.reason)
+
+    def changed(self, access: Access) -> None:
+        self.member.room.change_access(self.member, access)
+
+
 class WebSocketEndpoint:
     """The ASGI endpoint for ``/ws/<room>``: raw ASGI, since every frame passes through here."""
 
@@ -284,10 +302,12 @@ class WebSocketEndpoint:
         self.peers.add(peer)
         self._start_sweeper()
         member: Member | None = None
+        held: Held | None = None
         disconnect_code: int | None = None
         try:
             member = await self.rooms.join(request.document, peer, access,
                                            wants_acks=wants_acks(request))
+            held = self.admission.hold(request, access, _Grant(self, peer, member))
             limits, loop = self.limits, asyncio.get_running_loop()
             bucket = TokenBucket(limits.max_message_rate, limits.message_burst,
                                  limits.flood_patience, loop.time())
@@ -328,6 +348,7 @@ class WebSocketEndpoint:
             log.exception("room %r: connection failed", display_name(request.document))
             peer.close(codes.INTERNAL_ERROR.close, "internal error")
         finally:
+            self.admission.let_go(held)
             if protocol_ is not None:
                 protocol_.on_message = None
             self.peers.discard(peer)
