@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 HAVE_NPM := $(shell command -v npm >/dev/null 2>&1 && echo yes)
 WEB_SOURCES := $(shell find web -path web/node_modules -prune -o -path web/dist -prune -o -type f -print 2>/dev/null)
 
-.PHONY: run test setup web js-test-deps lint bench profile clean
+.PHONY: run test setup web js-test-deps lint docs bench profile clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

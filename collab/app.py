@@ -18,12 +18,21 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from collab import __version__, codes
-from collab.admission import Admission, Authorize, ConnectionLimits, OriginPolicy, Refused, open_access
+from collab import __version__, codes, crdt
+from collab.admission import (
+    Admission,
+    Authorize,
+    ConnectionLimits,
+    OriginPolicy,
+    Refused,
+    check_document_name,
+    open_access,
+)
 from collab.api import DocumentAPI
 from collab.bus import Bus, open_bus
 from collab.changes import ChangeNotifier, Hooks, OnChange, OnUpdate
 from collab.config import Settings, redact_url
+from collab.documents import TextEdit
 from collab.metrics import CONTENT_TYPE, Metrics
 from collab.mount import app_path, below_mount
 from collab.room import RoomLimits
@@ -33,6 +42,7 @@ from collab.tokens import TokenAuthorizer
 from collab.transport.guard import RequestGuard
 from collab.transport.poll import PollEndpoint, PollLimits
 from collab.transport.websocket import Limits, WebSocketEndpoint, deny
+from collab.webhooks import Webhooks
 
 log = logging.getLogger("collab")
 
@@ -148,6 +158,11 @@ class Collab:
                                       max_delay=settings.change_max_delay)
         if on_change is not None or on_update is not None:
             self.changes.add(Hooks(on_change, on_update))
+        self.webhooks = Webhooks(settings.webhook, secret=settings.webhook_secret,
+                                 instance=settings.instance_id, attempts=settings.webhook_attempts,
+                                 timeout=settings.webhook_timeout)
+        if settings.webhook:
+            self.changes.add(self.webhooks)
         self.rooms = Rooms(self.store, self.bus, idle_seconds=settings.room_idle,
                            bus_poll_interval=settings.bus_poll_interval,
                            durable_acks=settings.durable_acks,
@@ -155,7 +170,7 @@ class Collab:
                                max_document_size=settings.max_document_size,
                                max_presence_state=settings.max_presence_state,
                                max_presence_entries=settings.max_presence_entries),
-                           on_changed=self.changes.changed)
+                           events=self.changes)
         self.accepting = False
         self.phase: Phase = "new"
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -220,6 +235,7 @@ class Collab:
         metrics.add("collab_bus_", lambda: self.bus.stats)
         metrics.add("collab_poll_", self.polls.stats)
         metrics.add("collab_changes_", self.changes.stats)
+        metrics.add("collab_webhooks_", self.webhooks.stats)
 
     def _build_app(self) -> Starlette:
         collab, settings = self, self.settings
@@ -281,6 +297,52 @@ class Collab:
         documents = "documents at /ws/<name> and /api/docs"
         return f"the editor, {documents}" if self.editor else f"{documents}; no editor (it is not built)"
 
+    # --- documents from Python ----------------------------------------------------------------
+
+    def _running(self, name: str) -> None:
+        if self.phase != "running":
+            raise RuntimeError(f"collab is {self.phase}: documents are reachable only inside "
+                               "its lifespan (server.lifespan)")
+        check_document_name(name)
+
+    async def text(self, name: str) -> str:
+        """The text of document ``name`` (as in its URL, still percent-encoded), as this
+        instance knows it best: its live room, else the store (so a document that lives on
+        another instance reads as stored there). A document never written is ""; a deleted
+        one raises :class:`collab.rooms.DocumentDeleted`."""
+        self._running(name)
+        doc = await self.rooms.read(name)
+        return "" if doc is None else doc.text()
+
+    async def apply(self, name: str, update: bytes, *, recreate: bool = False) -> None:
+        """Apply a Yjs update to document ``name`` as a client's edit would be: live clients
+        on every instance receive it; returns once the store holds it. ``recreate`` lets a
+        deleted name be used again. Raises :class:`collab.crdt.InvalidUpdate` (the update
+        gate's reason), :class:`collab.rooms.DocumentDeleted`, or
+        :class:`collab.codes.Refused` past a limit (the document's size)."""
+        self._running(name)
+        if recreate:
+            await self.rooms.revive(name)
+        await self.rooms.apply(name, update)
+
+    @contextlib.asynccontextmanager
+    async def edit(self, name: str, *, recreate: bool = False) -> AsyncIterator[TextEdit]:
+        """``async with server.edit(name) as text: text.append("…")``: change the text from
+        Python (:class:`collab.documents.TextEdit`). What the block did is applied as one
+        update when it ends (:meth:`apply`), merged with what clients changed meanwhile;
+        nothing is applied if it raises."""
+        self._running(name)
+        copy = crdt.Document()
+        if recreate:
+            await self.rooms.revive(name)
+        current = await self.rooms.read(name)
+        if current is not None:
+            copy.apply(current.full_state())
+        edit = TextEdit(copy)
+        yield edit
+        if edit.updates:
+            await self.rooms.apply(name, crdt.merge(edit.updates))
+
     async def _text_or_none(self, name: str) -> str | None:
         try:
             doc = await self.rooms.read(name)
@@ -311,6 +373,7 @@ class Collab:
         await self.bus.open()
         self.rooms.start()
         self.admission.start()
+        self.webhooks.start()
         self.loop = asyncio.get_running_loop()
         self.accepting = True
         warning = self.open_warning()
@@ -377,6 +440,7 @@ class Collab:
         await self.admission.stop()
         await self.rooms.close()
         await self.changes.close()
+        await self.webhooks.close()
         await self.store.close()
         await self.bus.close()
         log.info("collab stopped; every accepted update is stored")

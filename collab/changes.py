@@ -30,6 +30,23 @@ ReadText = Callable[[str], Awaitable["str | None"]]
 """The current text of a document; None when it is gone (deleted)."""
 
 
+EVENTS = ("document.created", "document.changed", "document.deleted", "document.opened",
+          "document.closed")
+"""What happens to a document: created (its first change), changed (debounced), deleted, opened
+(its first client on this instance) and closed (its last client on this instance left)."""
+
+
+class DocumentEvents:
+    """What the rooms report as it happens; every method returns at once."""
+
+    def changed(self, name: str, update: bytes) -> None:
+        raise NotImplementedError
+
+    def happened(self, event: str, name: str) -> None:
+        """Any event of :data:`EVENTS` but ``document.changed``."""
+        raise NotImplementedError
+
+
 class Listener:
     """Something told about changed documents."""
 
@@ -38,6 +55,9 @@ class Listener:
 
     async def changed(self, name: str, text: str, update: bytes | None) -> None:
         raise NotImplementedError
+
+    def happened(self, event: str, name: str) -> None:
+        """An event other than a change, as it happens; must return at once."""
 
 
 class Hooks(Listener):
@@ -76,7 +96,7 @@ class Window:
         return min(self.last + debounce, self.first + max_delay)
 
 
-class ChangeNotifier:
+class ChangeNotifier(DocumentEvents):
     def __init__(self, read_text: ReadText, *, debounce: float = 2.0, max_delay: float = 10.0) -> None:
         self.read_text = read_text
         self.debounce = debounce
@@ -112,6 +132,14 @@ class ChangeNotifier:
             window.last = now
         if self._wants_updates:
             window.updates.append(update)
+
+    def happened(self, event: str, name: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener.happened(event, name)
+            except Exception:
+                self.stats.listener_failures += 1
+                log.exception("a listener failed on %s of %r", event, name)
 
     def _wake(self, name: str) -> None:
         """A window's timer: notify if it is due, or wait again (a change came meanwhile)."""

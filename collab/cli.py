@@ -34,14 +34,19 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, only: set[str] | No
         flag = "--" + name.replace("_", "-")
         shown = default if not callable(default) else None
         # A boolean flag alone means true (--single-instance); it also takes a value.
-        alone = {"nargs": "?", "const": True} if option.parse is boolean else {}
+        alone: dict[str, Any] = {"nargs": "?", "const": True} if option.parse is boolean else {}
+        if option.repeat:
+            alone = {"action": "append"}
         parser.add_argument(flag, dest=name, default=None, metavar=option.metavar,
-                            type=argument_type(option.parse), **alone,  # type: ignore[arg-type]
+                            type=argument_type(option.parse), **alone,
                             help=f"{option.help} [env {option.env}; default {shown}]")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {name: getattr(args, name, None) for name, _o, _d in Settings.options()}
+    for name, value in overrides.items():
+        if isinstance(value, list):  # a repeated flag: each occurrence parsed to a tuple
+            overrides[name] = tuple(item for parsed in value for item in parsed)
     try:
         return Settings.from_env(**overrides)
     except ValueError as exc:

@@ -130,6 +130,15 @@ def origin_list(text: str) -> tuple[str, ...]:
     return origins
 
 
+def url_list(text: str) -> tuple[str, ...]:
+    """Space-separated http:// or https:// URLs."""
+    urls = tuple(text.split())
+    for url in urls:
+        if not url.lower().startswith(("http://", "https://")) or len(url) <= len("https://"):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return urls
+
+
 def listen_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:9090`` for IPv6)."""
     host, sep, number = text.strip().rpartition(":")
@@ -159,6 +168,8 @@ class Option:
     env: str
     parse: Callable[[str], Any] = str
     metavar: str | None = None
+    repeat: bool = False
+    """The flag may be given more than once (each adds to a tuple)."""
 
 
 @dataclass(slots=True)
@@ -191,6 +202,19 @@ class Settings:
         "web origins whose pages may connect, comma-separated (* for any); the server's own "
         "origin always may; empty: own origin and loopback pages only",
         "COLLAB_ALLOWED_ORIGINS", origin_list, "ORIGINS")})
+    webhook: tuple[str, ...] = field(default=(), metadata={"option": Option(
+        "POST a signed JSON event to this URL when a document is created, changed (debounced), "
+        "deleted, or gets its first or loses its last client here; the flag may be repeated, "
+        "the variable holds URLs separated by spaces", "COLLAB_WEBHOOK", url_list, "URL",
+        repeat=True)})
+    webhook_secret: str | None = field(default=None, repr=False, metadata={"option": Option(
+        "sign webhook bodies with HMAC-SHA256 and this key (header X-Collab-Signature)",
+        "COLLAB_WEBHOOK_SECRET", metavar="KEY")})
+    webhook_attempts: int = field(default=5, metadata={"option": Option(
+        "attempts to deliver one webhook event (retried with exponential backoff) before "
+        "giving up", "COLLAB_WEBHOOK_ATTEMPTS", positive_int, "N")})
+    webhook_timeout: float = field(default=10.0, metadata={"option": Option(
+        "seconds one webhook attempt may take", "COLLAB_WEBHOOK_TIMEOUT", positive_float, "SECONDS")})
     recheck_interval: float = field(default=60.0, metadata={"option": Option(
         "decide again this often whether each open WebSocket may still read or write (the "
         "token, or a host application's authorize); withdrawn access closes it with 4403 "

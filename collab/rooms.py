@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from collab import codes, crdt
 from collab.admission import Access
 from collab.bus import Bus, Kind
+from collab.changes import DocumentEvents
 from collab.gate import Refusals
 from collab.metrics import counter
 from collab.room import PRESENCE_HOLD, Member, Peer, Room, RoomLimits, RoomStats
@@ -56,10 +56,15 @@ class Rooms:
                  durable_acks: bool = True, housekeeping_interval: float = 5.0,
                  bus_poll_interval: float = 1.0,
                  presence_hold: float = PRESENCE_HOLD, limits: RoomLimits | None = None,
-                 on_changed: Callable[[str, bytes], None] | None = None) -> None:
+                 events: DocumentEvents | None = None) -> None:
         self.store = store
-        self.on_changed = on_changed
-        """Given to every room (see :attr:`Room.on_changed`)."""
+        self.events = events
+        """Told what happens to documents here (changes, first and last clients, creation,
+        deletion): change notifications and webhooks."""
+        self._open: set[str] = set()
+        """Rooms with clients (connections, or the presence of clients between requests)."""
+        self._fresh: set[str] = set()
+        """Rooms loaded with nothing stored: their first change creates the document."""
         self.bus = bus
         self.limits = limits or RoomLimits()
         self.stats = RoomStats()
@@ -96,7 +101,12 @@ class Rooms:
         eviction = self._evictions.pop(name, None)
         if eviction is not None:
             eviction.cancel()
-        return room.join(peer, access, wants_acks=wants_acks, client_key=client_key)
+        member = room.join(peer, access, wants_acks=wants_acks, client_key=client_key)
+        if name not in self._open:
+            self._open.add(name)
+            if self.events is not None:
+                self.events.happened("document.opened", name)
+        return member
 
     def leave(self, member: Member) -> None:
         """The member's client is gone; its room is evicted once idle."""
@@ -107,7 +117,13 @@ class Rooms:
     def _evict_when_idle(self, room: Room) -> None:
         if room.damaged is not None:
             return  # forgotten already: nothing of it to store or compact
-        if not room.members and not room.leases and not room.deleted and room.name not in self._evictions:
+        if room.members or room.leases or room.deleted:
+            return
+        if room.name in self._open:
+            self._open.discard(room.name)
+            if self.events is not None:
+                self.events.happened("document.closed", room.name)
+        if room.name not in self._evictions:
             self._evictions[room.name] = asyncio.create_task(self._evict_later(room))
 
     async def apply(self, name: str, update: bytes) -> Any:
@@ -160,6 +176,8 @@ class Rooms:
                 self._discard(room)
             existed = await self.store.delete(name)
             self.bus.publish(name, Kind.DELETED, b"")
+            if (existed or had_clients) and self.events is not None:
+                self.events.happened("document.deleted", name)
             return existed or had_clients
         finally:
             self._deleting.discard(name)
@@ -169,9 +187,19 @@ class Rooms:
         self.damaged.pop(name, None)
         return await self.store.revive(name)
 
+    def _changed(self, name: str, update: bytes) -> None:
+        """A room accepted a change (see :attr:`Room.on_changed`)."""
+        assert self.events is not None
+        if name in self._fresh:
+            self._fresh.discard(name)
+            self.events.happened("document.created", name)
+        self.events.changed(name, update)
+
     def _discard(self, room: Room) -> None:
         """The document was deleted (here or elsewhere): close its clients and forget it."""
         room.deleted = True
+        self._open.discard(room.name)
+        self._fresh.discard(room.name)
         room.close_members(codes.DOCUMENT_DELETED.close, DELETED_REASON)
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
@@ -230,13 +258,16 @@ class Rooms:
                     refusals=self.refusals)
         room.on_deleted = lambda: self._discard(room)
         room.on_damaged = lambda damage: self._drop_damaged(room, damage)
-        room.on_changed = self.on_changed
+        if self.events is not None:
+            room.on_changed = self._changed
         await self.bus.subscribe(name, room.on_bus_message, room.on_bus_gap, room.on_bus_unconfirmed)
         try:
             stored = await self.store.load(name)
             if stored.deleted or name in self._deleting:
                 raise DocumentDeleted(name)
             room.load(stored)
+            if not stored.updates:
+                self._fresh.add(name)
         except crdt.DamagedDocument as damage:
             self.found_damaged(name, damage)
             await self._unsubscribe_quietly(name)
@@ -258,6 +289,8 @@ class Rooms:
         """A rebuild found the stored document damaged: the room (its members already closed)
         is forgotten, and the document refused like any found damaged on loading."""
         self.found_damaged(room.name, damage)
+        self._open.discard(room.name)
+        self._fresh.discard(room.name)
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
         eviction = self._evictions.pop(room.name, None)
@@ -288,6 +321,7 @@ class Rooms:
         if room.members or room.leases or self.rooms.get(room.name) is not room:
             return
         del self.rooms[room.name]
+        self._fresh.discard(room.name)
         leaving = asyncio.create_task(self._unsubscribe_quietly(room.name))
         self._unsubscribing[room.name] = leaving
         try:

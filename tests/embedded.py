@@ -30,8 +30,11 @@ class Sessions:
         self.asked: list[AccessRequest] = []
 
     async def authorize(self, request: AccessRequest) -> Access | None:
+        """The session from the cookie (browsers), or from ``?session=`` (a stock client,
+        which can only set URL parameters)."""
         self.asked.append(request)
-        user = self.users.get(request.cookies.get(SESSION_COOKIE, ""))
+        session = request.cookies.get(SESSION_COOKIE) or request.query.get(SESSION_COOKIE, "")
+        user = self.users.get(session)
         if user is None:
             return None
         name, mode = user

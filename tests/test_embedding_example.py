@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,6 +55,15 @@ class ExampleProcess(ServerProcess):
     def command(self) -> list[str]:
         return [sys.executable, str(self.script)]
 
+    def post(self, path: str, cookie: str | None) -> tuple[int, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("POST", path, headers={"cookie": cookie} if cookie else {})
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
     def login(self, user: str) -> tuple[int, str | None, str | None]:
         """(status, session cookie, where it redirects)."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -94,12 +104,21 @@ async def _session_clients(example: ExampleProcess) -> None:
     assert anonymous.close_codes == [403]
     late = await PyClient(example.ws_url, "welcome", headers={"cookie": writer_cookie}).start()
     assert late.text() == "written by ada"
+    assert example.post("/stamp/welcome", reader_cookie)[0] == 403
+    status, body = example.post("/stamp/welcome", writer_cookie)  # server.edit, then server.text
+    assert (status, body) == (200, "written by adastamped for ada\n")
+    await writer.wait_text("written by adastamped for ada\n")
     for client in (anonymous, late, reader, writer):
         await client.close()
 
 
 def test_the_example_admits_by_the_hosts_session(example: ExampleProcess) -> None:
     asyncio.run(_session_clients(example))
+    final = "document welcome changed: 30 characters"  # the text after the stamp
+    deadline = time.monotonic() + 15  # on_change runs once the document has been quiet
+    while final not in example.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert final in example.log()
 
 
 @pytest.mark.browser

@@ -1,0 +1,64 @@
+"""Documents changed from Python: what ``async with server.edit(name) as text`` hands out.
+
+An edit works on a private copy of the document (its own Yjs client); when the block ends, what
+it did goes through the room as one update, exactly like a client's edit: live clients on every
+instance receive it, the store takes it, and it merges with whatever the clients changed
+meanwhile (edits are positions in the CRDT, not a text that overwrites theirs).
+"""
+
+from __future__ import annotations
+
+from collab import crdt
+
+
+class TextEdit:
+    """The text of one document, to read and change inside ``server.edit(name)``. Indexes are
+    those of the Python string :attr:`value`."""
+
+    def __init__(self, doc: crdt.Document) -> None:
+        self._doc = doc
+        self.updates: list[bytes] = []
+        """What the edit produced, in order (applied when the block ends)."""
+
+    @property
+    def value(self) -> str:
+        return self._doc.text()
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def insert(self, index: int, text: str) -> None:
+        if not 0 <= index <= len(self):
+            raise IndexError(f"insert at {index} in a text of {len(self)} characters")
+        self._record(self._doc.edit_text(index, text))
+
+    def delete(self, index: int, length: int) -> None:
+        if index < 0 or length < 0 or index + length > len(self):
+            raise IndexError(f"delete {length} at {index} in a text of {len(self)} characters")
+        self._record(self._doc.edit_text(index, delete=length))
+
+    def append(self, text: str) -> None:
+        self.insert(len(self), text)
+
+    def replace(self, text: str) -> None:
+        """Make the text ``text`` with the smallest change: what it shares with the current
+        text at the start and the end is kept, so concurrent edits there are not lost."""
+        current = self.value
+        start = 0
+        limit = min(len(current), len(text))
+        while start < limit and current[start] == text[start]:
+            start += 1
+        end = 0
+        while end < limit - start and current[-1 - end] == text[-1 - end]:
+            end += 1
+        removed = len(current) - start - end
+        added = text[start:len(text) - end]
+        if removed or added:
+            self._record(self._doc.edit_text(start, added, delete=removed))
+
+    def _record(self, update: bytes | None) -> None:
+        if update is not None:
+            self.updates.append(update)
