@@ -306,3 +306,23 @@ def test_webhook_urls_come_from_repeated_flags_or_one_variable(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--webhook", "ftp://nope"])
     assert "'ftp://nope' is not an http:// or https:// URL" in capsys.readouterr().err
+
+
+async def test_collab_serve_sends_webhooks_from_its_flags(tmp_path: Path, receiver: Receiver) -> None:
+    from tests.servers import ServerProcess
+
+    served = ServerProcess(f"sqlite:///{tmp_path / 'served.db'}", log_path=tmp_path / "served.log",
+                           args=["--webhook", receiver.url, "--webhook-secret", SECRET,
+                                 "--change-debounce", "0.2"])
+    await asyncio.to_thread(served.start)
+    try:
+        client = await PyClient(served.ws_url, "served").start()
+        await client.insert("through collab serve")
+        await receiver.wait_requests(3)
+        await client.close()
+    finally:
+        await asyncio.to_thread(served.stop)
+    events = receiver.events()
+    assert [e["event"] for e in events[:3]] == ["document.opened", "document.created", "document.changed"]
+    assert events[2]["text"] == "through collab serve"
+    assert all(verify(SECRET, body, headers[SIGNATURE_HEADER.lower()]) for headers, body in receiver.requests)
