@@ -31,14 +31,18 @@ class TextEdit:
         return len(self.value)
 
     def insert(self, index: int, text: str) -> None:
-        if not 0 <= index <= len(self):
-            raise IndexError(f"insert at {index} in a text of {len(self)} characters")
-        self._record(self._doc.edit_text(index, text))
+        current = self.value
+        if not 0 <= index <= len(current):
+            raise IndexError(f"insert at {index} in a text of {len(current)} characters")
+        self._record(self._doc.edit_text(_offset(current, index), text))
 
     def delete(self, index: int, length: int) -> None:
-        if index < 0 or length < 0 or index + length > len(self):
-            raise IndexError(f"delete {length} at {index} in a text of {len(self)} characters")
-        self._record(self._doc.edit_text(index, delete=length))
+        current = self.value
+        if index < 0 or length < 0 or index + length > len(current):
+            raise IndexError(f"delete {length} at {index} in a text of {len(current)} characters")
+        if length:
+            self._record(self._doc.edit_text(_offset(current, index),
+                                             delete=_offset(current[index:], length)))
 
     def append(self, text: str) -> None:
         self.insert(len(self), text)
@@ -54,11 +58,18 @@ class TextEdit:
         end = 0
         while end < limit - start and current[-1 - end] == text[-1 - end]:
             end += 1
-        removed = len(current) - start - end
+        removed = current[start:len(current) - end]
         added = text[start:len(text) - end]
         if removed or added:
-            self._record(self._doc.edit_text(start, added, delete=removed))
+            self._record(self._doc.edit_text(_offset(current, start), added,
+                                             delete=len(removed.encode("utf-8"))))
 
     def _record(self, update: bytes | None) -> None:
         if update is not None:
             self.updates.append(update)
+
+
+def _offset(text: str, index: int) -> int:
+    """The engine's position of character ``index``: it counts UTF-8 bytes (a position inside
+    a character would make an update the gate refuses)."""
+    return len(text[:index].encode("utf-8"))

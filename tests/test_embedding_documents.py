@@ -326,3 +326,21 @@ async def test_collab_serve_sends_webhooks_from_its_flags(tmp_path: Path, receiv
     assert [e["event"] for e in events[:3]] == ["document.opened", "document.created", "document.changed"]
     assert events[2]["text"] == "through collab serve"
     assert all(verify(SECRET, body, headers[SIGNATURE_HEADER.lower()]) for headers, body in receiver.requests)
+
+
+def test_a_text_edit_counts_characters_whatever_their_encoding() -> None:
+    from collab.documents import TextEdit
+
+    text = TextEdit(crdt.Document())
+    text.append("café 😀 x")
+    text.insert(7, "!")  # after the emoji and its space: characters, not bytes or UTF-16 units
+    assert text.value == "café 😀 !x"
+    text.delete(5, 1)
+    assert text.value == "café  !x"
+    text.replace("naïve café ok!")
+    assert str(text) == "naïve café ok!" and len(text) == 14
+    with pytest.raises(IndexError):
+        text.insert(15, "?")
+    with pytest.raises(IndexError):
+        text.delete(10, 5)
+    assert crdt.document_from(text.updates).text() == "naïve café ok!"  # what the room applies
