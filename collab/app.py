@@ -151,7 +151,9 @@ class Collab:
         if settings.web_dir is not None and not (settings.web_dir / "index.html").is_file():
             raise ValueError(f"no built editor in {settings.web_dir} (COLLAB_WEB_DIR): index.html is missing")
         self.store: Store = open_store(settings.store, commit_window=settings.commit_window,
-                                       compact_threshold=settings.compact_threshold)
+                                       compact_threshold=settings.compact_threshold,
+                                       max_unstored_updates=settings.store_backlog_updates,
+                                       max_unstored_bytes=settings.store_backlog_bytes)
         self.bus: Bus = open_bus(settings.redis, settings.instance_id,
                                  answer_timeout=settings.bus_timeout)
         self.changes = ChangeNotifier(self._text_or_none, debounce=settings.change_debounce,
@@ -214,8 +216,13 @@ class Collab:
         metrics.gauge("collab_connections", "clients connected now", lambda: len(self.sockets.peers),
                       transport="websocket")
         metrics.gauge("collab_store_open", "1 while the store is open", lambda: self.store.is_open)
-        metrics.gauge("collab_store_unstored_updates", "accepted updates not yet durable",
+        metrics.gauge("collab_store_unstored_updates", "accepted updates not yet durable "
+                      "(waiting for a commit, or kept while the store refuses them)",
                       lambda: self.store.unstored)
+        metrics.gauge("collab_store_unstored_bytes", "bytes of the accepted updates not yet durable",
+                      lambda: self.store.unstored_bytes)
+        metrics.gauge("collab_store_failing", "1 while the store refuses commits (readiness is 503)",
+                      lambda: self.store.failing is not None)
         metrics.gauge("collab_bus_healthy", "1 while the bus reaches the other instances",
                       lambda: self.bus.healthy)
         metrics.gauge("collab_bus_subscribed_rooms", "rooms this instance hears from the bus",
@@ -244,9 +251,10 @@ class Collab:
             return PlainTextResponse("ok\n")
 
         async def readiness(_request: Request) -> Response:
-            if collab.accepting and collab.store.is_open:
+            reason = collab.not_ready()
+            if reason is None:
                 return PlainTextResponse(f"ready: {collab.serves}\n")
-            return PlainTextResponse("not ready\n", status_code=503)
+            return PlainTextResponse(f"not ready: {reason}\n", status_code=503)
 
         async def metrics(request: Request) -> Response:
             refusal = metrics_refusal(settings, request, collab.open)
@@ -353,6 +361,16 @@ class Collab:
     def on_metrics_listener(self, scope: Scope) -> bool:
         return on_metrics_listener(self.settings, scope)
 
+    def not_ready(self) -> str | None:
+        """Why this instance should get no new clients now, or None when it should."""
+        if not self.accepting:
+            return "not accepting clients (starting or stopping)"
+        if not self.store.is_open:
+            return "the store is not open"
+        if self.store.failing is not None:
+            return "the store refuses commits; accepted updates are kept and retried"
+        return None
+
     def open_warning(self) -> str | None:
         """What to say at start about an open server (louder when reachable from elsewhere)."""
         if not self.open:
@@ -433,17 +451,28 @@ class Collab:
         self.accepting = False
         self.polls.close_all(codes.SERVICE_RESTART.close, "server restarting, poll again")
 
-    async def stop(self) -> None:
-        """Take no new clients, close the ones left with 1012, flush everything to the store."""
+    async def stop(self) -> int:
+        """Take no new clients, close the ones left with 1012, flush everything to the store
+        (waiting at most ``shutdown_store_wait`` seconds while it refuses). Returns how many
+        accepted updates it could not store (their clients were closed unacknowledged, so they
+        still hold them and resend them on reconnect)."""
         self.drain()
         self.sockets.close_all(codes.SERVICE_RESTART.close, "server restarting, reconnect")
         await self.admission.stop()
         await self.rooms.close()
         await self.changes.close()
         await self.webhooks.close()
-        await self.store.close()
+        if self.store.unstored:
+            log.info("stopping: storing %d accepted updates (waiting at most %g s)",
+                     self.store.unstored, self.settings.shutdown_store_wait)
+        not_stored = await self.store.close(timeout=self.settings.shutdown_store_wait)
         await self.bus.close()
-        log.info("collab stopped; every accepted update is stored")
+        if not_stored:
+            log.error("collab stopped with %d accepted updates NOT stored: the store kept "
+                      "refusing them (%s)", not_stored, self.store.failing)
+        else:
+            log.info("collab stopped; every accepted update is stored")
+        return not_stored
 
 
 def metrics_refusal(settings: Settings, request: Request, open_server: bool) -> Response | None:

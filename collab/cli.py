@@ -119,9 +119,14 @@ def _run(main: Coroutine[Any, Any, T], loop_factory: Callable[[], asyncio.Abstra
         return runner.run(main)
 
 
+EXIT_NOT_STORED = 5
+"""``collab serve`` stopped with accepted updates the store never took."""
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the server. Every way it can fail to start is one line on stderr and a non-zero
-    exit: bad settings 2, an address it cannot listen on 4, a part that cannot start 3."""
+    exit: bad settings 2, an address it cannot listen on 4, a part that cannot start 3. A stop
+    that leaves accepted updates unstored (the store kept refusing them) exits 5."""
     import uvicorn
 
     from collab.app import CannotStart, Collab
@@ -187,7 +192,7 @@ def serve(args: argparse.Namespace) -> int:
             if settings.metrics_listen is not None:
                 log.info("/metrics on http://%s:%d only", *settings.metrics_listen)
             await Server(config).serve(sockets=sockets)
-        return 0
+        return EXIT_NOT_STORED if collab.store.not_stored else 0
 
     try:
         return _run(main(), config.get_loop_factory())

@@ -296,6 +296,17 @@ class Settings:
     compact_threshold: int = field(default=500, metadata={"option": Option(
         "fold a document's update log into its snapshot after this many updates",
         "COLLAB_COMPACT_THRESHOLD", positive_int, "UPDATES")})
+    store_backlog_updates: int = field(default=100_000, metadata={"option": Option(
+        "accepted updates kept (and retried) while the store refuses commits, at most; past it "
+        "or --store-backlog-bytes, writers are closed with 1013 and resend their edits later",
+        "COLLAB_STORE_BACKLOG_UPDATES", positive_int, "UPDATES")})
+    store_backlog_bytes: int = field(default=64 * 1024 * 1024, metadata={"option": Option(
+        "bytes of accepted updates kept (and retried) while the store refuses commits, at most",
+        "COLLAB_STORE_BACKLOG_BYTES", positive_int, "BYTES")})
+    shutdown_store_wait: float = field(default=10.0, metadata={"option": Option(
+        "on SIGTERM, how long to keep trying to store accepted updates the store refuses; "
+        "what is still unstored then is reported and the exit status is 5",
+        "COLLAB_SHUTDOWN_STORE_WAIT", non_negative_float, "SECONDS")})
     keepalive: float = field(default=15.0, metadata={"option": Option(
         "send a no-op message to a client that has been sent nothing for this long (stock "
         "clients drop a silent socket after 30 s)", "COLLAB_KEEPALIVE", positive_float, "SECONDS")})

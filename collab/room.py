@@ -30,7 +30,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from collab import codes, crdt, protocol
+from collab import codes, crdt, gate, protocol
 from collab.admission import Access
 from collab.bus import Bus, BusMessage, Kind
 from collab.codes import Refused
@@ -69,6 +69,8 @@ NO_STRUCTS = b"\x00"
 SIZE_MEASURE_INTERVAL = 1.0
 """A document near its size limit is measured exactly (encoded: O(size)) at most this often."""
 
+STORE_BACKLOG_REASON = "the store is not taking updates now; try again"
+
 
 @dataclass(frozen=True, slots=True)
 class RoomLimits:
@@ -101,6 +103,10 @@ class RoomStats:
     bus_outage_reads: int = counter("store reads of rooms catching up while the bus was down")
     bus_outage_updates: int = counter("stored updates of other instances that rooms applied "
                                       "while the bus was down")
+    writers_closed_store_backlog: int = counter(
+        "writers closed with 1013 because the store holds as many unstored updates as it may")
+    stored_again_for_acks: int = counter(
+        "resent updates this room held but had not stored, written so that they could be acked")
 
 
 FROM_CLIENT = "client"
@@ -149,6 +155,8 @@ class Member:
     """The awareness client ids it brought into the room (removed for all when it leaves)."""
     acks: deque[tuple[asyncio.Future[object], bytes]] | None = None
     """Acks waiting for their commit, in arrival order (created on first use)."""
+    unstored: int = 0
+    """Updates it brought that the store has not taken yet."""
     lease: Lease | None = None
     """For a client without a connection: the presence it holds across its requests. Such a
     member is not sent what came from the same client (its other requests)."""
@@ -195,6 +203,28 @@ def _retrieve(future: asyncio.Future[object]) -> None:
     """Mark a failed commit as seen: the clients still hold the update and resend it."""
     if not future.cancelled():
         future.exception()
+
+
+Ranges = Mapping[int, tuple[int, int]]
+"""Per client, the clocks [start, end) of the structs in an update."""
+
+
+def _advance(clocks: dict[int, int], ranges: Ranges) -> None:
+    """Extend a per-client prefix by ``ranges`` where they continue it (a range that starts
+    past the prefix leaves a gap, which a prefix cannot record)."""
+    for client, (start, end) in ranges.items():
+        if start <= clocks.get(client, 0) < end:
+            clocks[client] = end
+
+
+def _covered(clocks: Mapping[int, int], ranges: Ranges) -> bool:
+    return all(clocks.get(client, 0) >= end for client, (_start, end) in ranges.items())
+
+
+def _resolved() -> asyncio.Future[object]:
+    done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 class Room:
@@ -245,6 +275,14 @@ class Room:
         self._presence_digest: tuple[int, bytes] | None = None
         self._rebuilding: asyncio.Task[None] | None = None
         self._queued_during_rebuild: list[BusMessage] = []
+        self.durable: dict[int, int] = {}
+        """Per client, the clock below which the store is known to hold this document's
+        structs: what was loaded from it, extended by each append of this room once committed
+        (appends commit in order, so each extends what the earlier ones stored)."""
+        self._queued: dict[int, int] = {}
+        """Like :attr:`durable`, counting the appends still waiting for their commit."""
+        self._last_append: asyncio.Future[int] | None = None
+        """The newest append of this room: once it is stored, so is every earlier one."""
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -253,6 +291,8 @@ class Room:
         nothing) when the gate or the engine refuses a stored update, rather than serve a part
         of the document as if it were all of it."""
         self.doc = self._loaded_document(stored)
+        self.durable = self.doc.clocks()
+        self._queued = dict(self.durable)
         self.size_bound = sum(len(update) for update in stored.updates)
         self._measured_size = 0
         self._document_replaced()
@@ -561,7 +601,7 @@ class Room:
         for change in applied.released:
             self._broadcast(protocol.encode_sync_update(change.update), exclude=None)
             if change.origin == FROM_CLIENT:
-                committed = self.store.append(self.name, change.update)
+                committed = self._append(change.update, None)
                 committed.add_done_callback(_retrieve)
                 self.bus.publish(self.name, Kind.UPDATE, change.update, durable=committed)
                 if self.on_changed is not None:
@@ -611,6 +651,7 @@ class Room:
         return self._full_step2
 
     def _receive_update(self, member: Member, update: bytes) -> None:
+        self._check_backlog(member)
         self._check_growth(update)
         started = time.perf_counter()
         applied = self._integrate(update, FROM_CLIENT)
@@ -620,13 +661,62 @@ class Room:
         if produced is None:
             self.stats.duplicate_updates += 1
             if acks and self.doc.covers(update):
-                self._ack(member, self.store.committed(), protocol.encode_sync_update(crdt.merge([update])))
+                self._ack(member, self._stored_with(update, member),
+                          protocol.encode_sync_update(crdt.merge([update])))
             self._released(applied)
             return
         frame, committed = self._share(produced, exclude=member)
         if acks:
             self._ack(member, committed, frame)
         self._released(applied)
+
+    def _check_backlog(self, sender: Member | None) -> None:
+        """While the store holds as many unstored updates as it may, take none: the sender,
+        and every member whose updates the store has not taken yet, are closed with "try
+        again", so that they keep their edits and resend them (elsewhere, or here later)."""
+        if not self.store.backlog_full:
+            return
+        for member in list(self.members):
+            if member is not sender and member.unstored > 0:
+                self.stats.writers_closed_store_backlog += 1
+                member.peer.close(codes.TRY_AGAIN.close, STORE_BACKLOG_REASON)
+        if sender is not None:
+            self.stats.writers_closed_store_backlog += 1
+        raise Refused(codes.TRY_AGAIN, STORE_BACKLOG_REASON)
+
+    def _stored_with(self, update: bytes, member: Member | None) -> asyncio.Future[object]:
+        """A future that resolves once the store holds ``update`` (which this document
+        covers) and what it depends on. Covered by this room's appends: when the newest of
+        them is stored (it may carry deletions, which no clock shows). Held here only (heard
+        on the bus, or given up on): everything this room holds that it has not appended is
+        appended now, and the ack waits for that."""
+        if _covered(self._queued, gate.inspect(update).clocks):
+            last = self._last_append
+            return last if last is not None else _resolved()
+        self.stats.stored_again_for_acks += 1
+        missing = self.doc.diff(gate.encode_state_vector(self._queued))
+        everything = {client: (0, clock) for client, clock in self.doc.clocks().items()}
+        return self._append(missing, member, everything)
+
+    def _append(self, update: bytes, member: Member | None,
+                ranges: Ranges | None = None) -> asyncio.Future[int]:
+        """Append to the store, keeping this room's record of what the store holds."""
+        if ranges is None:
+            ranges = gate.inspect(update).clocks
+        _advance(self._queued, ranges)
+        committed = self.store.append(self.name, update)
+        self._last_append = committed
+        if member is not None:
+            member.unstored += 1
+        committed.add_done_callback(lambda done: self._on_stored(done, ranges, member))
+        return committed
+
+    def _on_stored(self, done: asyncio.Future[int], ranges: Ranges, member: Member | None) -> None:
+        if member is not None:
+            member.unstored -= 1
+        if done.cancelled() or done.exception() is not None:
+            return
+        _advance(self.durable, ranges)
 
     def apply(self, update: bytes) -> asyncio.Future[Any]:
         """Apply an update that comes from no member (the document API) as if a writer had
@@ -636,6 +726,7 @@ class Room:
         a limit or while the room is rebuilt after an engine failure."""
         if self._rebuilding is not None or self.deleted:
             raise Refused(codes.TRY_AGAIN, "the document is being rebuilt; try again")
+        self._check_backlog(None)
         self._check_growth(update)
         try:
             applied = self._integrate(update, FROM_CLIENT)
@@ -645,7 +736,7 @@ class Room:
         except crdt.EnginePanic as panic:
             self._engine_failed(panic)
             raise Refused(codes.TRY_AGAIN, "the document is being rebuilt; try again") from None
-        committed = (self.store.committed() if applied.update is None
+        committed = (self._stored_with(update, None) if applied.update is None
                      else self._share(applied.update, exclude=None)[1])
         self._released(applied)
         return committed
@@ -655,7 +746,7 @@ class Room:
         self.stats.updates_applied += 1
         frame = protocol.encode_sync_update(produced)
         self._broadcast(frame, exclude=exclude)
-        committed = self.store.append(self.name, produced)
+        committed = self._append(produced, exclude)
         self.bus.publish(self.name, Kind.UPDATE, produced, durable=committed)
         if self.on_changed is not None:
             self.on_changed(self.name, produced)
@@ -810,7 +901,7 @@ class Room:
 
     def on_bus_unconfirmed(self, update: bytes) -> None:
         """Another instance relayed this update but never confirmed storing it: store it here."""
-        self.store.append(self.name, update).add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._append(update, None).add_done_callback(_retrieve)
 
     def on_bus_gap(self) -> None:
         if self._catching_up is None or self._catching_up.done():

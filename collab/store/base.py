@@ -8,20 +8,39 @@ implements a handful of small primitives (``_write_batch``, ``_load``, ``_read_l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
 from abc import ABC, abstractmethod
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from collab import crdt
 from collab.metrics import Histogram, counter
 
 log = logging.getLogger("collab.store")
+
+MAX_UNSTORED_UPDATES = 100_000
+MAX_UNSTORED_BYTES = 64 * 1024 * 1024
+"""Accepted updates the store keeps while it cannot write them, at most (the settings
+``store_backlog_updates`` and ``store_backlog_bytes``); past either, rooms refuse writers."""
+
+RETRY_FIRST = 0.05
+RETRY_MAX = 2.0
+"""Seconds between attempts to write what the store refused: doubling from the first to the
+last, so that a database coming back is used within two seconds and a failing one is not
+hammered."""
+
+MAX_BATCH_UPDATES = 5_000
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+"""One transaction writes at most this much of a backlog: an outage's backlog goes out in
+order, in parts a nearly full disk can still take."""
+
+LAST_ATTEMPT_GRACE = 5.0
+"""Seconds a closing store waits for the write attempt in progress when its time is up."""
 
 
 @dataclass(slots=True)
@@ -114,7 +133,9 @@ class StoreStats:
 
     commits: int = counter("group commits (batches written in one transaction)")
     committed_updates: int = counter("updates made durable")
-    commit_failures: int = counter("group commits the database refused")
+    commit_failures: int = counter("group commit attempts the database refused (each is retried)")
+    failure_episodes: int = counter("times the store began refusing commits (logged once each)")
+    updates_not_stored: int = counter("accepted updates the store gave up on when it closed")
     commit_seconds: Histogram = field(default_factory=lambda: Histogram("time to write one group commit"))
     compactions: int = counter("documents whose log was folded into their snapshot")
     compacted_entries: int = counter("log entries folded into snapshots")
@@ -127,18 +148,42 @@ class StoreClosed(RuntimeError):
     """An append after the store began closing."""
 
 
+class NotStored(RuntimeError):
+    """The store closed before the database took this update (it kept refusing it)."""
+
+
 class Store(ABC):
     """Durable documents. ``append`` never blocks the caller: it returns a future that resolves
-    with the update's log position once a group commit has made it durable."""
+    with the update's log position once a group commit has made it durable.
 
-    def __init__(self, *, commit_window: float = 0.005, compact_threshold: int = 500) -> None:
+    A commit the database refuses loses nothing: its updates stay at the head of the queue and
+    are written again, with backoff, until the database takes them, before anything appended
+    after them (so the log never has a gap that would keep later updates from loading). Their
+    futures resolve only then; they fail only if the store closes first (:class:`NotStored`).
+    While the database refuses, :attr:`failing` holds its error and the queue is bounded:
+    :attr:`backlog_full` tells writers to stop sending."""
+
+    def __init__(self, *, commit_window: float = 0.005, compact_threshold: int = 500,
+                 max_unstored_updates: int = MAX_UNSTORED_UPDATES,
+                 max_unstored_bytes: int = MAX_UNSTORED_BYTES, retry_max: float = RETRY_MAX) -> None:
         self.commit_window = commit_window
         self.compact_threshold = compact_threshold
-        self._pending: list[PendingAppend] = []
-        self._inflight: list[PendingAppend] = []
+        self.max_unstored_updates = max_unstored_updates
+        self.max_unstored_bytes = max_unstored_bytes
+        self.retry_max = retry_max
+        self._queue: deque[PendingAppend] = deque()
+        """Accepted and not yet durable, in order; the head is being written (or retried)."""
+        self._queued_bytes = 0
         self._wakeup = asyncio.Event()
+        self._retry_now = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._giving_up = False
+        self.failing: Exception | None = None
+        """The database's error while it refuses commits (None while it takes them)."""
+        self._failing_since = 0.0
+        self.not_stored = 0
+        """Accepted updates given up on when the store closed (0 after a clean close)."""
         self._since_compaction: dict[str, int] = defaultdict(int)
         self._compacting: dict[str, asyncio.Task[bool]] = {}
         # One merge at a time, on one thread: the engine holds the GIL while it works, and many
@@ -154,20 +199,43 @@ class Store(ABC):
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         self.is_open = True
 
-    async def close(self) -> None:
-        """Commit everything accepted so far, wait for running compactions, then close."""
+    async def close(self, timeout: float | None = 10.0) -> int:
+        """Commit everything accepted so far (while the database refuses it, for at most
+        ``timeout`` seconds of retrying), wait for running compactions, then close. Returns how
+        many accepted updates it could not store; their futures fail with :class:`NotStored`."""
         if self._closing:
-            return
+            return self.not_stored
         self._closing = True
-        await self.flush()
+        self._retry_now.set()  # a retry waiting out its backoff tries once more at once
+        await self._wait_stored(list(self._queue), timeout)
         if self._compacting:
             await asyncio.gather(*self._compacting.values(), return_exceptions=True)
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+        await self._stop_writer()
         self.is_open = False
         self._compactor.shutdown(wait=True)
         await self._close()
+        return self.not_stored
+
+    async def _stop_writer(self) -> None:
+        """Let the writer finish the attempt in progress (bounded), then fail what is left."""
+        self._giving_up = True
+        self._wakeup.set()
+        self._retry_now.set()
+        writer = self._writer
+        if writer is not None:
+            _done, running = await asyncio.wait([writer], timeout=LAST_ATTEMPT_GRACE)
+            if running:
+                writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        left, self._queue = list(self._queue), deque()
+        self._queued_bytes = 0
+        for pending in left:
+            if not pending.done.done():
+                pending.done.set_exception(NotStored(
+                    f"the store closed before the database took it: {self.failing}"))
+                pending.done.exception()  # retrieved: the count is reported instead
+        self.not_stored = len(left)
+        self.stats.updates_not_stored += len(left)
 
     # --- the interface ----------------------------------------------------------------------
 
@@ -176,31 +244,38 @@ class Store(ABC):
         if self._closing and not self.is_open:
             done.set_exception(StoreClosed("the store is closed"))
             return done
-        self._pending.append(PendingAppend(name, update, done))
+        self._queue.append(PendingAppend(name, update, done))
+        self._queued_bytes += len(update)
         self._wakeup.set()
         return done
 
-    async def flush(self) -> None:
-        """Wait until every append made before this call is committed (or has failed)."""
-        waiting = [p.done for p in self._inflight] + [p.done for p in self._pending]
-        if waiting:
-            await asyncio.gather(*waiting, return_exceptions=True)
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every append made before this call is committed (while the database
+        refuses them, that is until it takes them, or ``timeout``). Returns whether they are."""
+        return await self._wait_stored(list(self._queue), timeout)
+
+    @staticmethod
+    async def _wait_stored(entries: list[PendingAppend], timeout: float | None) -> bool:
+        waiting = [p.done for p in entries if not p.done.done()]
+        if waiting:  # asyncio.wait, not wait_for(gather): a timeout must not cancel the appends
+            _done, running = await asyncio.wait(waiting, timeout=timeout)
+            return not running
+        return True
 
     @property
     def unstored(self) -> int:
-        """Accepted updates not yet durable (waiting for or inside a group commit)."""
-        return len(self._pending) + len(self._inflight)
+        """Accepted updates not yet durable (waiting for, inside, or refused by a commit)."""
+        return len(self._queue)
 
-    def committed(self) -> asyncio.Future[Any]:
-        """A future that resolves once everything appended so far is committed (and fails if
-        any of it failed). Each batch commits whole and in order, so the last entry of the batch
-        in flight and of the one waiting stand for all of them."""
-        waiting = [batch[-1].done for batch in (self._inflight, self._pending) if batch]
-        if not waiting:
-            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
-        return asyncio.gather(*waiting)
+    @property
+    def unstored_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def backlog_full(self) -> bool:
+        """The store keeps as many unstored updates as it may: take no more from writers."""
+        return (len(self._queue) >= self.max_unstored_updates
+                or self._queued_bytes >= self.max_unstored_bytes)
 
     async def load(self, name: str) -> StoredDocument:
         part = await self._read_log(name)
@@ -321,28 +396,49 @@ class Store(ABC):
     # --- group commit -----------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        while True:
+        delay = RETRY_FIRST
+        while not self._giving_up:
             await self._wakeup.wait()
-            if self.commit_window > 0:
+            if self.commit_window > 0 and self.failing is None and not self._closing:
                 await asyncio.sleep(self.commit_window)
             self._wakeup.clear()
-            self._inflight, self._pending = self._pending, []
-            if self._inflight:
-                await self._commit(self._inflight)
-            self._inflight = []
+            while self._queue and not self._giving_up:
+                if await self._commit(self._head()):
+                    delay = RETRY_FIRST
+                    continue
+                # Refused: the same head again after the backoff (or at once when closing).
+                self._retry_now.clear()
+                if not self._giving_up:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._retry_now.wait(), delay)
+                delay = min(delay * 2, self.retry_max)
 
-    async def _commit(self, batch: list[PendingAppend]) -> None:
+    def _head(self) -> list[PendingAppend]:
+        """The oldest unstored appends, as many as one transaction writes (at least one)."""
+        batch: list[PendingAppend] = []
+        size = 0
+        for pending in self._queue:
+            if batch and (len(batch) >= MAX_BATCH_UPDATES or size + len(pending.update) > MAX_BATCH_BYTES):
+                break
+            batch.append(pending)
+            size += len(pending.update)
+        return batch
+
+    async def _commit(self, batch: list[PendingAppend]) -> bool:
+        """Write ``batch`` (the head of the queue); on success it leaves the queue."""
         started = time.perf_counter()
         try:
             positions = await self._write_batch([(p.name, p.update) for p in batch])
-        except Exception as exc:  # the database is down: fail these, keep serving
-            self.stats.commit_failures += 1
-            log.error("store commit of %d updates failed: %s", len(batch), exc)
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_exception(exc)
-                    pending.done.exception()  # mark retrieved: the clients still hold the data
-            return
+        except Exception as exc:  # the database refuses: keep the batch, try again later
+            self._refused(exc)
+            return False
+        for _ in batch:
+            self._queued_bytes -= len(self._queue.popleft().update)
+        if self.failing is not None:
+            log.warning("the store takes commits again after %.1f s of refusing them (%d "
+                        "updates still to write)", time.monotonic() - self._failing_since,
+                        len(self._queue))
+            self.failing = None
         self.stats.commit_seconds.observe(time.perf_counter() - started)
         self.stats.commits += 1
         self.stats.committed_updates += len(batch)
@@ -353,6 +449,19 @@ class Store(ABC):
         for name in {p.name for p in batch}:
             if self._since_compaction[name] >= self._threshold_of(name) and name not in self._compacting:
                 self._compaction(name).add_done_callback(_log_compaction_failure)
+        return True
+
+    def _refused(self, exc: Exception) -> None:
+        """Count a refused commit; the first of an episode is logged with the real error."""
+        self.stats.commit_failures += 1
+        if self.failing is None:
+            self.stats.failure_episodes += 1
+            self._failing_since = time.monotonic()
+            log.error("the store refuses commits: %s; keeping %d accepted updates and retrying "
+                      "until it takes them", _describe(exc), len(self._queue))
+        else:
+            log.debug("the store still refuses commits: %s", _describe(exc))
+        self.failing = exc
 
     # --- compaction -------------------------------------------------------------------------
 
@@ -391,6 +500,10 @@ class Store(ABC):
                 self._since_compaction.pop(name, None)
             log.debug("compacted %r: %d log entries folded", name, len(part.positions))
         return swapped
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _log_compaction_failure(task: asyncio.Task[bool]) -> None:

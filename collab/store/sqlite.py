@@ -8,6 +8,7 @@ WAL lets run beside a write). The event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from collab.store.base import DocumentInfo, LogSlice, Store, StoreDamaged
 
 T = TypeVar("T")
+log = logging.getLogger("collab.store.sqlite")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS updates (
@@ -126,6 +128,17 @@ def migrate(db: sqlite3.Connection) -> None:
             db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {version}; COMMIT;")
 
 
+def rollback(db: sqlite3.Connection) -> None:
+    """End a failed transaction without hiding why it failed: after some errors ("database or
+    disk is full", I/O errors) SQLite has already rolled it back, and a ROLLBACK then fails with
+    "no transaction is active", which would replace the real error."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("rollback after a failed transaction failed too: %s", exc)
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str | Path, **options: Any) -> None:
         super().__init__(**options)
@@ -197,7 +210,7 @@ class SQLiteStore(Store):
                     [(name, now) for name in {name for name, _ in batch}])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)
                 raise
             # AUTOINCREMENT inside one write transaction hands out consecutive positions.
             return list(range(last - len(batch) + 1, last + 1))
@@ -252,7 +265,7 @@ class SQLiteStore(Store):
                 db.execute("COMMIT")
                 return True
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)
                 raise
 
         return await self._run(self._writer_pool, swap)
@@ -274,7 +287,7 @@ class SQLiteStore(Store):
                            "deleted_at = excluded.deleted_at", (name, now, now if deleted else None))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)
                 raise
             return (dropped > 0 and not was_deleted) if deleted else was_deleted
 
