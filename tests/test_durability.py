@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,11 +24,12 @@ from collab.codes import Refused
 from collab.room import Room
 from collab.store import open_store
 from collab.store.sqlite import SQLiteStore
-from tests.faults import fill, small_disk
+from tests.faults import allow_connections, fill, refuse_connections, small_disk
 from tests.metrics import scrape
+from tests.pollclient import PollClient
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
-from tests.services import wait_until
+from tests.services import POSTGRES_URL, PrivateRedis, fresh_database, private_redis, wait_until
 from tests.test_room import RecordingPeer, joined, updates
 
 
@@ -286,3 +288,88 @@ async def test_sigterm_with_unstored_updates_waits_then_reports_them_and_fails(
     assert "collab stopped with 7 accepted updates NOT stored" in server.log()
     assert waited < 30  # bounded: it did not wait for the disk
     assert typist.acked() == 3
+
+
+# --- PostgreSQL unavailable, two instances and Redis --------------------------------------------
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_server() -> Iterator[PrivateRedis]:
+    with private_redis() as redis:
+        yield redis
+
+
+async def test_a_database_outage_under_two_instances_loses_nothing_and_acks_nothing_unstored(
+        database: str, redis_server: PrivateRedis,
+        server_factory: Callable[..., ServerProcess]) -> None:
+    name = urlsplit(database).path.lstrip("/")
+    shared = ["--redis", redis_server.url, "--room-idle", "0.2"]
+    servers = [server_factory(database, args=shared) for _ in range(2)]
+    typists = [Typist(await PyClient(server.ws_url, "shared").start()) for server in servers]
+    try:
+        await asyncio.gather(*(t.type(10) for t in typists))
+        await wait_until(lambda: all(t.acked() == 10 for t in typists))
+        await refuse_connections(POSTGRES_URL, name)
+        try:
+            await asyncio.gather(*(t.type(15) for t in typists))
+            for server in servers:
+                await wait_status(server.http_url + "/readiness_check", 503)
+                assert await status_of(server.http_url + "/liveness_check") == 200
+            assert all(t.acked() == 10 for t in typists)  # nothing acked that is not stored
+        finally:
+            await allow_connections(POSTGRES_URL, name)
+        for server in servers:
+            await wait_status(server.http_url + "/readiness_check", 200, timeout=20)
+        await wait_until(lambda: all(t.acked() == 25 for t in typists), timeout=20)
+        await wait_until(lambda: typists[0].client.text() == typists[1].client.text())
+        expected = typists[0].client.text()
+        assert len(expected) == 50
+    finally:
+        for typist in typists:
+            await typist.client.close()
+    for server in servers:
+        await wait_metric(server, "collab_rooms", 0)  # evicted: everything it held is stored
+    for server in servers:
+        assert server.terminate() == 0
+        assert server.log().count("the store refuses commits") == 1, server.log()
+        assert "takes commits again" in server.log()
+    assert await stored_texts(database, ["shared"]) == {"shared": expected}
+
+
+async def test_over_the_http_fallback_acks_wait_for_the_store_through_503_and_resends(
+        disk: Path, server_factory: Callable[..., ServerProcess]) -> None:
+    url = f"sqlite:///{disk / 'collab.db'}"
+    server = server_factory(url, args=["--room-idle", "0.2", "--poll-presence-hold", "0.5"])
+    client = await PollClient(server.http_url + "/poll", "doc").start()
+    try:
+        for ch in "abc":
+            await client.insert(ch)
+        await client.wait_for(lambda: client.acks >= 3)
+        await asyncio.sleep(0.3)  # a quiet moment: no ack is on its way
+        acked = client.acks
+        filler = fill(disk)
+        try:
+            for ch in "defg":
+                await client.insert(ch)
+            await wait_status(server.http_url + "/readiness_check", 503)
+            # A send waits for the store, then is answered "try again"; the client resends.
+            deadline = asyncio.get_running_loop().time() + 30
+            while (await asyncio.to_thread(scrape, server.http_url)).value(
+                    "collab_poll_refused_total", status="503") < 1:
+                assert asyncio.get_running_loop().time() < deadline, "no send was answered 503"
+                await asyncio.sleep(0.2)
+            assert client.acks == acked  # nothing acked that is not stored
+        finally:
+            filler.unlink()
+        await client.wait_for(lambda: client.acks >= acked + 4, timeout=20)
+        expected = client.text()
+    finally:
+        await client.close()
+    await wait_metric(server, "collab_rooms", 0, timeout=40)
+    assert server.terminate() == 0
+    assert await stored_texts(url, ["doc"]) == {"doc": expected}
