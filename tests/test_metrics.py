@@ -23,7 +23,8 @@ LISTED = [  # what an operator dashboards: every one of them is there from the f
     "collab_messages_sent", "collab_sent_bytes", "collab_update_apply_seconds",
     "collab_store_commit_seconds", "collab_store_commit_failures", "collab_store_unstored_updates",
     "collab_bus_lag_seconds", "collab_bus_reconnects", "collab_closes", "collab_refused",
-    "collab_store_compactions",
+    "collab_store_compactions", "collab_store_failing", "collab_store_unstored_bytes",
+    "collab_store_failure_episodes", "collab_store_updates_not_stored",
 ]
 
 
