@@ -109,6 +109,10 @@ class ServerDocuments(Documents):
         self._call("DELETE", self._name(name))
 
 
+COMMAND_STORE_WAIT = 10.0
+"""Seconds a command waits for a store that refuses its write before it gives up."""
+
+
 class StoreDocuments(Documents):
     """The store itself (SQLite file, PostgreSQL database)."""
 
@@ -127,7 +131,7 @@ class StoreDocuments(Documents):
             try:
                 return await work(store)
             finally:
-                await store.close()
+                await store.close(timeout=0)  # a write it gave up on is not retried on
 
         try:
             return asyncio.run(run())
@@ -174,7 +178,9 @@ class StoreDocuments(Documents):
                 if not recreate:
                     raise Deleted(f"document {name!r} was deleted")
                 await store.revive(name)
-            await store.append(name, update)
+            store.append(name, update)
+            if not await store.flush(timeout=COMMAND_STORE_WAIT):  # it would retry for ever
+                raise Problem(f"the store refuses the update: {store.failing}")
 
         self._with_store(append)
 

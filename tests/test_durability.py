@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -373,3 +375,26 @@ async def test_over_the_http_fallback_acks_wait_for_the_store_through_503_and_re
     await wait_metric(server, "collab_rooms", 0, timeout=40)
     assert server.terminate() == 0
     assert await stored_texts(url, ["doc"]) == {"doc": expected}
+
+
+def test_an_import_into_a_store_that_refuses_fails_clearly_instead_of_waiting(disk: Path) -> None:
+    store = f"sqlite:///{disk / 'collab.db'}"
+    text = disk.parent / "notes.txt"
+    text.write_text("before\n")
+    assert cli("db", "upgrade", "--store", store).returncode == 0
+    assert cli("import", "first", str(text), "--store", store).returncode == 0
+    text.write_text("x" * 200_000)
+    filler = fill(disk)
+    try:
+        result = cli("import", "second", str(text), "--store", store)
+    finally:
+        filler.unlink()
+    assert result.returncode != 0
+    # SQLite fails opening its write-ahead log, or the write: either way the real reason.
+    assert "disk I/O error" in result.stderr or "database or disk is full" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collab", *args], capture_output=True, text=True,
+                          timeout=60)
