@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
 from collab import Access, AccessRequest, Collab
 from tests.servers import free_port
@@ -44,7 +45,10 @@ class Sessions:
 class Host:
     """``Starlette(routes=[..., Mount(prefix, app=server.app)], lifespan=server.lifespan)``."""
 
-    def __init__(self, server: Collab, *, prefix: str = "/collab", lifespan: bool = True) -> None:
+    def __init__(self, server: Collab, *, prefix: str = "/collab", lifespan: bool = True,
+                 app: ASGIApp | None = None) -> None:
+        """``app``: a host application of another kind (FastAPI) that mounts ``server`` at
+        ``prefix`` itself."""
         self.server = server
         self.prefix = prefix
         self.port = free_port()
@@ -52,8 +56,8 @@ class Host:
         async def home(_request: Request) -> PlainTextResponse:
             return PlainTextResponse("the host's own page\n")
 
-        self.app = Starlette(routes=[Route("/", home), Mount(prefix, app=server.app)],
-                             lifespan=server.lifespan if lifespan else None)
+        self.app = app or Starlette(routes=[Route("/", home), Mount(prefix, app=server.app)],
+                                    lifespan=server.lifespan if lifespan else None)
         self.uvicorn = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                      log_level="warning", lifespan="on"))
         self._task: asyncio.Task[Any] | None = None
