@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pycrdt
@@ -17,14 +17,27 @@ from collab.store import Store, open_store
 from collab.store.base import _fold_collected
 from tests.jsclient import js_clients
 from tests.servers import ServerProcess
+from tests.services import fresh_database, need_postgres
 
 CHUNK = 20_000
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = f"sqlite:///{tmp_path / 'collab.db'}" if request.param == "sqlite" else "memory://"
-    store = open_store(url, commit_window=0, compact_threshold=1_000_000)
+@pytest.fixture(scope="module")
+def postgres_database() -> Iterator[str]:
+    need_postgres()
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return {"sqlite": f"sqlite:///{tmp_path / 'collab.db'}", "memory": "memory://"}.get(
+        request.param) or str(request.getfixturevalue("postgres_database"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    store = open_store(store_url, commit_window=0, compact_threshold=1_000_000)
     await store.open()
     yield store
     await store.close()
