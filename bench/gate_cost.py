@@ -1,15 +1,17 @@
 """What the update gate costs per edit: the same load against `collab serve` with and without it.
 
-    python bench/gate_cost.py            # about 3 minutes: 3 alternating pairs of runs
-    python bench/gate_cost.py --quick    # about 40 s: 1 pair, shorter
+    python bench/gate_cost.py            # about 5 minutes: 3 rounds of runs, each in another order
+    python bench/gate_cost.py --quick    # about a minute: 1 round, shorter
 
 Each run starts a fresh server pinned to CPU 0 (taskset) and drives it from CPU 1 with the
 benchmark's load generator (stock Yjs clients on Node.js, bench/loadgen) at a fixed edit rate;
 the generator reads the server's CPU from /proc over the measured window and divides it by the
 edits sent. "Without the gate" is the same server with the gate's planning replaced by a
 pass-through (``bench/ungated_server.py``, a benchmark-only wrapper): the difference is what the
-gate costs. A micro-benchmark of the gate alone on typing edits runs first. Results are printed
-and written to bench/results/gate_cost.json.
+gate costs. A third server keeps the gate but not its check of origins (the document's order,
+``collab/order.py``): the gate as it was before that check. A micro-benchmark of the gate
+alone on typing edits (with and without that check) runs first. Results are printed and
+written to bench/results/gate_cost.json.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ GATED = Server("gated", _collab([]), "/ws")
 UNGATED = Server("ungated", lambda port, data: [
     sys.executable, str(ROOT / "bench" / "ungated_server.py"), "serve", "--host", "127.0.0.1",
     "--port", str(port), "--store", f"sqlite:///{data / 'collab.db'}", "--log-level", "warning"], "/ws")
+WITHOUT_ORIGINS = Server("without_origins", lambda port, data: [
+    sys.executable, str(ROOT / "bench" / "ungated_server.py"), "--without-origins", "serve",
+    "--host", "127.0.0.1", "--port", str(port), "--store", f"sqlite:///{data / 'collab.db'}",
+    "--log-level", "warning"], "/ws")
+"""The gate as it was before it checked origins (no document order kept)."""
 
 
 def typing_updates(count: int, document: int = 20_000) -> tuple[bytes, list[bytes]]:
@@ -59,8 +66,9 @@ def typing_updates(count: int, document: int = 20_000) -> tuple[bytes, list[byte
 
 
 def micro(count: int = 20_000) -> dict[str, float]:
-    """The gate alone (planning each edit against the document's clocks), and the engine alone
-    applying the same edits, in microseconds of CPU per edit."""
+    """The gate alone (planning each edit against the document's clocks), the same with the
+    check of origins (the document's order), and the engine alone applying the same edits, in
+    microseconds of CPU per edit."""
     import pycrdt
 
     base, updates = typing_updates(count)
@@ -70,13 +78,23 @@ def micro(count: int = 20_000) -> dict[str, float]:
         plan = gate.plan(update, state)
         state.update(plan.clocks)
     gate_us = (time.process_time() - started) / count * 1e6
+    loaded = crdt.document_from([base])
+    order, state = loaded._order, loaded.clocks()
+    started = time.process_time()
+    for update in updates:
+        plan = gate.plan(update, state)
+        order.integrate(plan.items)
+        state.update(plan.clocks)
+    ordered_us = (time.process_time() - started) / count * 1e6
     doc = pycrdt.Doc()
     doc.apply_update(base)
     started = time.process_time()
     for update in updates:
         doc.apply_update(update)
     engine_us = (time.process_time() - started) / count * 1e6
-    return {"gate_us_per_edit": round(gate_us, 2), "engine_apply_us_per_edit": round(engine_us, 2)}
+    return {"gate_us_per_edit": round(gate_us, 2),
+            "gate_with_origins_us_per_edit": round(ordered_us, 2),
+            "engine_apply_us_per_edit": round(engine_us, 2)}
 
 
 def serve_once(server: Server, rate: int, duration: float, work: Path) -> dict[str, Any]:
@@ -106,19 +124,25 @@ def main() -> None:
     print("gate alone:", report["micro"])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for i in range(pairs):
-            for server in (GATED, UNGATED) if i % 2 == 0 else (UNGATED, GATED):
+        servers = [GATED, WITHOUT_ORIGINS, UNGATED]
+        for i in range(pairs):  # each round in another order
+            for server in servers[i % 3:] + servers[:i % 3]:
                 run = serve_once(server, args.rate, duration, work)
                 report["runs"].append(run)
                 print(run)
     per_edit = {name: [r["server_cpu_us_per_edit"] for r in report["runs"]
                        if r["server"] == name and r["server_cpu_us_per_edit"]]
-                for name in ("gated", "ungated")}
+                for name in ("gated", "without_origins", "ungated")}
     gated, ungated = statistics.median(per_edit["gated"]), statistics.median(per_edit["ungated"])
+    without_origins = statistics.median(per_edit["without_origins"])
+    micro_figures = report["micro"]
     report["summary"] = {
         "gated_server_cpu_us_per_edit": gated, "ungated_server_cpu_us_per_edit": ungated,
+        "without_origins_server_cpu_us_per_edit": without_origins,
         "gate_share_percent": round(100 * (gated - ungated) / gated, 1),
-        "gate_alone_share_percent": round(100 * report["micro"]["gate_us_per_edit"] / gated, 1),
+        "gate_alone_share_percent": round(100 * micro_figures["gate_with_origins_us_per_edit"] / gated, 1),
+        "origins_alone_us_per_edit": round(micro_figures["gate_with_origins_us_per_edit"]
+                                           - micro_figures["gate_us_per_edit"], 2),
     }
     print(json.dumps(report["summary"], indent=1))
     results = ROOT / "bench" / "results"

@@ -23,6 +23,7 @@ import pycrdt
 
 from collab import gate
 from collab.gate import InvalidUpdate
+from collab.order import Order
 
 __all__ = ["EMPTY_UPDATE", "TEXT_FIELD", "Applied", "Change", "DamagedDocument", "Document",
            "EnginePanic", "InvalidUpdate", "contains_all", "decode_state_vector", "document_from",
@@ -93,8 +94,8 @@ class _Waiting:
 class Document:
     """One Yjs document. Not thread-safe: use it from one thread (the event loop)."""
 
-    __slots__ = ("_clocks", "_damaged", "_doc", "_loading", "_produced", "_subscription",
-                 "_types", "_waiting", "_waiting_bytes", "max_waiting_bytes")
+    __slots__ = ("_clocks", "_damaged", "_doc", "_loading", "_order", "_produced",
+                 "_subscription", "_types", "_waiting", "_waiting_bytes", "max_waiting_bytes")
 
     def __init__(self, *, max_waiting_bytes: int = MAX_WAITING_BYTES) -> None:
         self._doc = pycrdt.Doc()
@@ -103,6 +104,8 @@ class Document:
         self._clocks: dict[int, int] = {}
         """The engine's state vector, kept here so that planning an update costs no engine call."""
         self._types: set[tuple[int, int]] = set()
+        self._order = Order()
+        """The order of the document's items, for the gate's check of origins."""
         self._waiting: list[_Waiting] = []
         self._waiting_bytes = 0
         self._damaged: EnginePanic | None = None
@@ -183,6 +186,7 @@ class Document:
 
     def _apply_ready(self, plan: gate.Plan) -> bytes | None:
         assert plan.ready is not None
+        self._order.integrate(plan.items, check=not self._loading)  # refuses bad origins
         self._produced.clear()
         try:
             self._doc.apply_update(plan.ready)
@@ -209,6 +213,7 @@ class Document:
         structs that depend on a later slice are held by the engine until it comes; by the last
         one the engine must hold nothing back (checked against what the gate planned)."""
         assert plan.slices is not None
+        self._order.integrate(plan.items, check=not self._loading)
         produced: list[bytes] = []
         for part in plan.slices:
             self._produced.clear()
@@ -254,7 +259,10 @@ class Document:
                 except InvalidUpdate:
                     continue  # it can never be integrated; its sender resends what it has
                 if plan.ready is not None:
-                    produced = self._apply_ready(plan)
+                    try:
+                        produced = self._apply_ready(plan)
+                    except InvalidUpdate:
+                        continue  # inconsistent origins: it can never be integrated
                     if produced is not None:
                         released.append(Change(produced, entry.origin))
                     moved = moved or bool(plan.clocks)
@@ -382,6 +390,7 @@ class Document:
         update = produced[0] if len(produced) == 1 else merge(produced)
         for client, (_start, end) in gate.inspect(update).clocks.items():
             self._clocks[client] = max(self._clocks.get(client, 0), end)
+        self._order.integrate(gate.structs(update), check=False)  # made here, by the engine
         return update
 
 

@@ -29,7 +29,8 @@ import json
 import re
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAX_CLOCK = 2**30
 """Exclusive bound on every clock and clock + length. A client's clock counts what that one
@@ -48,9 +49,12 @@ MAX_DEPTH = 64
 engine's decoders recurse per level."""
 
 REASONS = ("truncated", "varint", "count", "clock", "length", "content", "unsupported", "utf8",
-           "json", "depth", "reference", "duplicate", "trailing", "flags", "waiting", "engine")
-"""Every ``InvalidUpdate.reason``: this module raises all but the last two, which the engine
-seam adds (too much already waits for dependencies; the engine refused an input on its own)."""
+           "json", "depth", "reference", "duplicate", "trailing", "flags", "origins", "waiting",
+           "engine")
+"""Every ``InvalidUpdate.reason``: this module raises all but the last three, which the
+document's order adds (an item's right origin not to the right of its origin, see
+:mod:`collab.order`) and the engine seam (too much already waits for dependencies; the engine
+refused an input on its own)."""
 
 _MAX_VAR_UINT = 2**53 - 1
 _ID_BITS = 0x80 | 0x40  # has origin, has right origin
@@ -86,6 +90,7 @@ class Refusals:
     duplicate: int = 0
     trailing: int = 0
     flags: int = 0
+    origins: int = 0
     waiting: int = 0
     """Refused because too much already waits for dependencies (see ``held``)."""
     engine: int = 0
@@ -301,6 +306,27 @@ def _any(data: bytes, pos: int) -> int:
 # --- the update format --------------------------------------------------------------------
 
 
+GC_STRUCT = _GC
+SKIP_STRUCT = _SKIP
+
+
+class Struct(NamedTuple):
+    """One struct of an update as the document's order needs it (see :mod:`collab.order`)."""
+
+    client: int
+    clock: int
+    length: int
+    kind: int
+    """:data:`GC_STRUCT`, :data:`SKIP_STRUCT` or an item's content kind."""
+    origin: tuple[int, int] | None
+    right_origin: tuple[int, int] | None
+    parent: str | tuple[int, int] | None
+    """For an item without origins: the root type's name or the id of its parent's item."""
+    parent_id: tuple[int, int] | None
+    key: str | None
+    """For an item without origins that is a map entry: its key."""
+
+
 @dataclass(slots=True)
 class _Client:
     """One client's section of the struct list, as read."""
@@ -320,6 +346,8 @@ class _Client:
     here on need the document to hold ``dependency clock`` of ``dependency client``."""
     cuts: list[tuple[int, int]] | None = None
     """(offset, clock) of every :data:`SLICE`-th struct, in a section longer than that."""
+    structs_from: int = 0
+    """Index of its first struct in :attr:`_Read.structs`."""
 
 
 @dataclass(slots=True)
@@ -331,6 +359,7 @@ class _Read:
     """The highest deleted clock + 1 per client."""
     type_ids: set[tuple[int, int]]
     parent_refs: list[tuple[int, int]]
+    structs: list[Struct]
 
 
 def _read(data: bytes, state: Mapping[int, int] | None) -> _Read:
@@ -344,8 +373,10 @@ def _read(data: bytes, state: Mapping[int, int] | None) -> _Read:
     seen: set[int] = set()
     type_ids: set[tuple[int, int]] = set()
     parent_refs: list[tuple[int, int]] = []
+    out: list[Struct] = []
     for _ in range(count):
         header = pos
+        structs_from = len(out)
         structs, pos = _uint(data, pos)
         if structs == 0:
             raise InvalidUpdate("a client section with no structs", "count")
@@ -383,32 +414,39 @@ def _read(data: bytes, state: Mapping[int, int] | None) -> _Read:
                     if checkpoints is None:
                         checkpoints = []
                     checkpoints.append((struct_at, clock, index, client, clock + length - 1))
+                out.append(Struct(client, clock, length, kind, None, None, None, None, None))
             else:
+                origin = right_origin = parent_id = None
+                parent: str | tuple[int, int] | None = None
+                key: str | None = None
                 if info & _ID_BITS:
                     if info & _HAS_ORIGIN:
                         ref_client, pos = _client(data, pos)
                         ref_clock, pos = _uint(data, pos)
+                        origin = (ref_client, ref_clock)
                         if _missing(client, clock, ref_client, ref_clock, state):
                             checkpoints = _note(checkpoints, struct_at, clock, index, ref_client, ref_clock)
                     if info & _HAS_RIGHT_ORIGIN:
                         ref_client, pos = _client(data, pos)
                         ref_clock, pos = _uint(data, pos)
+                        right_origin = (ref_client, ref_clock)
                         if _missing(client, clock, ref_client, ref_clock, state):
                             checkpoints = _note(checkpoints, struct_at, clock, index, ref_client, ref_clock)
                 else:
                     parent_info, pos = _uint(data, pos)
                     if parent_info == 1:
-                        _name, pos = _string(data, pos)
+                        parent, pos = _string(data, pos)
                     elif parent_info == 0:
                         ref_client, pos = _client(data, pos)
                         ref_clock, pos = _uint(data, pos)
-                        parent_refs.append((ref_client, ref_clock))
+                        parent = parent_id = (ref_client, ref_clock)
+                        parent_refs.append(parent_id)
                         if _missing(client, clock, ref_client, ref_clock, state):
                             checkpoints = _note(checkpoints, struct_at, clock, index, ref_client, ref_clock)
                     else:
                         raise InvalidUpdate(f"parent kind {parent_info}", "flags")
                     if info & _HAS_PARENT_SUB:
-                        _key, pos = _string(data, pos)
+                        key, pos = _string(data, pos)
                 if kind == _STRING:  # the common case, inline
                     start, pos = _bytes(data, pos)
                     raw = data[start:pos]
@@ -424,15 +462,17 @@ def _read(data: bytes, state: Mapping[int, int] | None) -> _Read:
                     length, pos = _content(data, pos, kind)
                     if kind == _TYPE:
                         type_ids.add((client, clock))
+                out.append(Struct(client, clock, length, kind, origin, right_origin, parent,
+                                  parent_id, key))
             clock += length
             if clock >= MAX_CLOCK:
                 raise InvalidUpdate(f"clock {clock} is past {MAX_CLOCK}", "clock")
         clients.append(_Client(client, header, first, pos, structs, start_clock, clock, checkpoints,
-                               cuts))
+                               cuts, structs_from))
     delete_set = pos
     deletes_to = _read_delete_set(data, pos)
     _check_parents(clients, type_ids, parent_refs)
-    return _Read(clients, delete_set, deletes_to, type_ids, parent_refs)
+    return _Read(clients, delete_set, deletes_to, type_ids, parent_refs, out)
 
 
 def _missing(client: int, clock: int, ref_client: int, ref_clock: int,
@@ -567,6 +607,11 @@ def check_update(update: bytes) -> None:
     _read(update, None)
 
 
+def structs(update: bytes) -> list[Struct]:
+    """Check ``update`` and list its structs (raises :class:`InvalidUpdate`)."""
+    return _read(update, None).structs
+
+
 def slices(update: bytes) -> list[bytes]:
     """``update`` cut at struct boundaries into updates of at most :data:`SLICE` structs (the
     delete set goes with the last); the update itself when it is that small. The slices are in
@@ -638,6 +683,8 @@ class Plan:
     slices: list[bytes] | None = None
     """``ready`` cut into slices of at most :data:`SLICE` structs, when it is longer than that
     (see :func:`slices`)."""
+    items: list[Struct] = field(default_factory=list)
+    """The structs of ``ready``, for the document's order (:mod:`collab.order`)."""
 
 
 def plan(update: bytes, state: Mapping[int, int]) -> Plan:
@@ -656,7 +703,7 @@ def plan(update: bytes, state: Mapping[int, int]) -> Plan:
             structs = sum(c.count for c in clients)
             return Plan(update if clients or read.deletes_to else None, None, changed, (),
                         frozenset(read.type_ids), tuple(read.parent_refs), structs,
-                        _slices(update, read) if structs > SLICE else None)
+                        _slices(update, read) if structs > SLICE else None, read.structs)
     cut = _simulate(clients, state, clocks)
     ds_cut = any(end > clocks.get(client, state.get(client, 0))
                  for client, end in read.deletes_to.items())
@@ -666,7 +713,7 @@ def plan(update: bytes, state: Mapping[int, int]) -> Plan:
     structs = sum(c.count for c in clients)
     if not cut and not ds_cut:
         return Plan(update if clients or read.deletes_to else None, None, changed, (), types, refs,
-                    structs, _slices(update, read) if structs > SLICE else None)
+                    structs, _slices(update, read) if structs > SLICE else None, read.structs)
     return _split(update, read, state, clocks, cut, changed, types, refs, structs)
 
 
@@ -722,12 +769,15 @@ def _split(update: bytes, read: _Read, state: Mapping[int, int], clocks: dict[in
     ready_parts: list[bytes] = []
     held_parts: list[bytes] = []
     waits: list[tuple[int, int]] = []
+    items: list[Struct] = []
     for c in read.clients:
         stop = stops.get(c.client)
         if stop is None:
             ready_parts.append(update[c.header:c.end])
+            items.extend(read.structs[c.structs_from:c.structs_from + c.count])
             continue
         offset, clock, before, needs_client, needs_clock = stop
+        items.extend(read.structs[c.structs_from:c.structs_from + before])
         waits.append((needs_client, needs_clock))
         client_id = _write_uint(c.client)
         if before:
@@ -742,7 +792,7 @@ def _split(update: bytes, read: _Read, state: Mapping[int, int], clocks: dict[in
     held = (_write_uint(len(held_parts)) + b"".join(held_parts) + held_ds
             if held_parts or held_ds != b"\x00" else None)
     return Plan(ready, held, changed, tuple(waits), types, refs, structs,
-                slices(ready) if ready is not None and structs > SLICE else None)
+                slices(ready) if ready is not None and structs > SLICE else None, items)
 
 
 def _split_delete_set(update: bytes, pos: int, clocks: Mapping[int, int],

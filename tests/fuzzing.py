@@ -194,8 +194,7 @@ async def run(ws_url: str, http_url: str, room: str, *, messages: int, seed: int
     """Run a campaign of ``messages`` hostile messages while a writer types; returns the result
     and the writer (still connected), after checking that a fresh joiner has its text.
     ``alive()`` says whether the server process still runs. Without ``concurrent_writer`` the
-    writer types only before and after the attack (see docs/hostile-input.md: items with
-    inconsistent origins can place differently beside edits not yet exchanged)."""
+    writer types only before and after the attack."""
     result = Result()
     started = time.monotonic()
     stream = Messages(seed)

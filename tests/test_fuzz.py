@@ -21,8 +21,7 @@ async def test_a_seeded_fuzz_campaign_changes_nothing_for_the_good_clients(
     assert server.process is not None
     process = server.process
     result, writer = await fuzzing.run(server.ws_url, server.http_url, "fuzzed", messages=1000,
-                                       seed=20260501, alive=lambda: process.poll() is None,
-                                       concurrent_writer=False)
+                                       seed=20260501, alive=lambda: process.poll() is None)
     assert result.crashed is None and process.poll() is None, server.log()
     assert result.liveness_failures == 0 and result.slowest_liveness < 1.0, result
     # (a message whose send found the connection already closed is not counted)

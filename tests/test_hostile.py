@@ -197,3 +197,33 @@ async def test_deep_presence_json_is_a_bad_message_with_one_log_line(server: Ser
     assert log.count("nested deeper than") == 1 and "Traceback" not in log
     await assert_agree(server, "doc", writer)
     await writer.close()
+
+
+@pytest.mark.node
+async def test_an_item_with_inconsistent_origins_is_refused_and_a_stock_writer_agrees(
+        server: ServerProcess) -> None:
+    """The divergence the long fuzzing campaign found: an item whose right origin lies to the
+    left of its origin. Relayed, a stock Yjs writer typing concurrently placed it elsewhere than
+    the server for good; now it is refused (1007) and never relayed."""
+    from tests.jsclient import js_clients, need_node
+
+    need_node()
+    async with js_clients() as js:
+        writer = await js.start(server.ws_url, "origins")
+        await writer.wait_synced()
+        await writer.append("abcdef")
+        reader = await connect(server, "origins")
+        await reader.wait_text("abcdef")
+        cid = writer.client_id
+        hostile = (b"\x01\x01" + gate._write_uint(2) + b"\x00" + b"\xc4"
+                   + gate._write_uint(cid) + b"\x04" + gate._write_uint(cid) + b"\x01"
+                   + b"\x01H" + b"\x00")
+        assert await send_and_expect_close(server, "origins", protocol.encode_sync_update(hostile)) == 1007
+        assert "right origin" in server.log() or "origins" in server.log()
+        await writer.insert(1, "z")  # where the item would have raced the writer's edit
+        await writer.append("!")
+        text = await writer.wait_text("z", "!")
+        assert "H" not in text
+        await reader.wait_text(text)
+        await assert_agree(server, "origins", reader)
+        await reader.close()
