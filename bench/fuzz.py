@@ -24,7 +24,6 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from collab.gate import REASONS  # noqa: E402
 from tests import fuzzing  # noqa: E402
+from tests.metrics import scrape  # noqa: E402
 from tests.pyclient import PyClient  # noqa: E402
 from tests.servers import ServerProcess  # noqa: E402
 
@@ -56,11 +56,13 @@ class UngatedServer(ServerProcess):
 
 
 def refusals(server: ServerProcess) -> dict[str, Any]:
+    """The gate's counters from /metrics (Prometheus text): ``collab_gate_<name>_total``."""
     try:
-        with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
-            return dict(json.loads(response.read()).get("gate", {}))
+        report = scrape(server.http_url)
     except OSError:
         return {}
+    return {name.removeprefix("collab_gate_").removesuffix("_total"): value
+            for (name, _labels), value in report.samples.items() if name.startswith("collab_gate_")}
 
 
 async def one_server(index: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
