@@ -45,6 +45,9 @@ class Access:
     mode: Mode
     user: Mapping[str, Any] = field(default_factory=dict)
     slot: Slot | None = field(default=None, compare=False, repr=False)
+    expires: float | None = None
+    """When this access ends (Unix time; a token's ``exp``), or None if the authorizer does not
+    say. A share link made from it never outlives it."""
     """The connection slot admission reserved for this client (see :meth:`release`)."""
 
     @property

@@ -15,15 +15,21 @@ way in apply here too; a 204 means stored.
                                           deleted name
     DELETE /api/docs/<name>               delete it: live clients are closed with 4410, and a
                                           reconnecting client does not bring it back
+    GET    /api/docs/<name>/share         whether this server makes share links, and for whom
+    POST   /api/docs/<name>/share         a share link's token for the document: JSON
+                                          {"mode": "read"|"write", "ttl": seconds}; needs write
+                                          access, and is never longer-lived than the caller's own
 
-A final ``/update`` always names the update endpoint, so the text of a document whose own name
-ends in ``/update`` is not reachable here (its update is, at ``…/update/update``).
+A final ``/update`` or ``/share`` always names that endpoint, so the text of a document whose own
+name ends so is not reachable here (its update is, at ``…/update/update``).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import time
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,11 +40,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from collab import codes, crdt
-from collab.admission import Access, AccessRequest, Admission, Refused, check_document_name
+from collab.admission import Access, AccessRequest, Admission, Refused, check_document_name, open_access
 from collab.mount import app_raw_path
 from collab.rooms import DocumentDeleted, Rooms
 from collab.store import Store
 from collab.store.base import DocumentInfo
+from collab.tokens import TokenAuthorizer, parse_ttl
 
 log = logging.getLogger("collab.api")
 
@@ -104,11 +111,13 @@ def _one_line(title: str) -> str:
 
 
 class DocumentAPI:
-    def __init__(self, rooms: Rooms, store: Store, admission: Admission, *, max_body: int) -> None:
+    def __init__(self, rooms: Rooms, store: Store, admission: Admission, *, max_body: int,
+                 share_max_ttl: float = 30 * 86400.0) -> None:
         self.rooms = rooms
         self.store = store
         self.admission = admission
         self.max_body = max_body
+        self.share_max_ttl = share_max_ttl
         self.titles = Titles(rooms, store)
 
     def routes(self) -> list[Route]:
@@ -157,10 +166,18 @@ class DocumentAPI:
 
     async def document(self, request: Request) -> Response:
         try:
-            name, update = _target(request)
+            name, endpoint = _target(request)
         except Refused as refused:
             return _refusal(refused)
         method = request.method
+        if endpoint == "share":
+            if method == "GET":
+                return await self._admitted(request, name, self._share_terms)
+            if method == "POST":
+                return await self._admitted(request, name, lambda a: self._share(request, name, a),
+                                            write=True)
+            return PlainTextResponse("use GET or POST on /api/docs/<name>/share\n", status_code=405)
+        update = endpoint == "update"
         if method == "GET":
             return await self._admitted(request, name, lambda _a: self._read(name, as_update=update))
         if method == "POST" and update:
@@ -170,6 +187,64 @@ class DocumentAPI:
             return await self._admitted(request, name, lambda _a: self._delete(name), write=True)
         return PlainTextResponse("use GET or DELETE on /api/docs/<name>, and GET or POST on "
                                  "/api/docs/<name>/update\n", status_code=405)
+
+    # --- share links ----------------------------------------------------------------------
+
+    @property
+    def _minter(self) -> TokenAuthorizer | None:
+        """The server's own token authorizer, the only one whose tokens this server can make: an
+        open server needs none, and a host application's hook decides access its own way."""
+        authorize = self.admission.authorize
+        return authorize if isinstance(authorize, TokenAuthorizer) else None
+
+    async def _share_terms(self, access: Access) -> Response:
+        """What the editor needs to offer share links: whether it can, and the longest one."""
+        signed = self._minter is not None
+        return JSONResponse({
+            "signed": signed,
+            "may_share": signed and access.may_write,
+            "mode": access.mode,
+            "max_ttl": self._longest_share(access),
+            "expires": _iso(access.expires),
+        })
+
+    def _longest_share(self, access: Access) -> float:
+        left = self.share_max_ttl
+        if access.expires is not None:
+            left = min(left, access.expires - time.time())
+        return max(0.0, float(int(left)))
+
+    async def _share(self, request: Request, name: str, access: Access) -> Response:
+        minter = self._minter
+        if minter is None:
+            reason = ("this server has no secret: every link to a document gives access to it"
+                      if self.admission.authorize is open_access
+                      else "access here is decided by the host application, not by share links")
+            return PlainTextResponse(reason + "\n", status_code=404)
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            asked = json.loads(body or b"{}")
+        except ValueError:
+            return _status(codes.BAD_REQUEST, 'the body must be JSON: {"mode": "read", "ttl": 60}')
+        if not isinstance(asked, dict):
+            return _status(codes.BAD_REQUEST, 'the body must be a JSON object: {"mode": "read", "ttl": 60}')
+        mode = asked.get("mode")
+        if mode not in ("read", "write"):
+            return _status(codes.BAD_REQUEST, "mode must be read or write")
+        try:
+            ttl = parse_ttl(str(asked.get("ttl", "")))
+        except ValueError as exc:
+            return _status(codes.BAD_REQUEST, f"ttl: {exc}")
+        longest = self._longest_share(access)
+        if longest < 1:
+            return _status(codes.UNAUTHORIZED, "your own access ends now: there is nothing left to share")
+        now = time.time()
+        granted = min(ttl, longest)
+        token = minter.mint(doc=name, mode=mode, ttl=granted, now=now)
+        return JSONResponse({"token": token, "mode": mode, "expires": _iso(float(int(now + granted))),
+                             "shortened": granted < ttl})
 
     async def _read(self, name: str, *, as_update: bool) -> Response:
         try:
@@ -245,15 +320,23 @@ class DocumentAPI:
         return b"".join(chunks)
 
 
-def _target(request: Request) -> tuple[str, bool]:
-    """(document name as sent, still percent-encoded; whether the update endpoint is meant)."""
+ENDPOINTS = ("update", "share")
+"""What a final path segment after a document's name may name (its update, its share links)."""
+
+
+def _target(request: Request) -> tuple[str, str]:
+    """(document name as sent, still percent-encoded; the endpoint meant: "" for the document
+    itself, else one of :data:`ENDPOINTS`)."""
     path = app_raw_path(request.scope).decode("latin-1")
     marker = PREFIX + "/"
     rest = path[len(marker):] if path.startswith(marker) else ""
-    update = rest.endswith("/update")
-    name = rest[:-len("/update")] if update else rest
+    name, endpoint = rest, ""
+    for candidate in ENDPOINTS:
+        if rest.endswith("/" + candidate):
+            name, endpoint = rest[:-len(candidate) - 1], candidate
+            break
     check_document_name(name)
-    return name, update
+    return name, endpoint
 
 
 def _limit(text: str | None) -> int:

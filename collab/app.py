@@ -199,7 +199,8 @@ class Collab:
         self.guard = RequestGuard(timeout=settings.request_timeout, max_head=settings.max_request_head,
                                   max_pending=settings.max_handshakes)
         """Bounds requests before the app sees them; ``collab serve`` installs it in uvicorn."""
-        self.api = DocumentAPI(self.rooms, self.store, self.admission, max_body=settings.max_message_size)
+        self.api = DocumentAPI(self.rooms, self.store, self.admission, max_body=settings.max_message_size,
+                               share_max_ttl=settings.share_max_ttl)
         self.metrics = Metrics()
         self._register_metrics()
         self.app: Starlette = self._build_app()

@@ -198,6 +198,9 @@ class Settings:
         "HS256 key for signed tokens (at least 32 bytes); with it every connection needs a token "
         "naming its document and mode (collab token), without it the server is open to everyone",
         "COLLAB_SECRET", secret, "KEY")})
+    share_max_ttl: float = field(default=30 * 86400.0, metadata={"option": Option(
+        "longest a share link made in the editor stays valid, in seconds (never longer than the "
+        "sharer's own token either)", "COLLAB_SHARE_MAX_TTL", positive_float, "SECONDS")})
     allowed_origins: tuple[str, ...] = field(default=(), metadata={"option": Option(
         "web origins whose pages may connect, comma-separated (* for any); the server's own "
         "origin always may; empty: own origin and loopback pages only",

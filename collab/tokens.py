@@ -87,7 +87,11 @@ class TokenAuthorizer:
         if not covers(claims, request.document):
             raise Refused(codes.FORBIDDEN, "the token is for another document")
         user = {key: claims[key] for key in ("sub", "name") if isinstance(claims.get(key), str)}
-        return Access(claims["mode"], user)
+        return Access(claims["mode"], user, expires=float(claims["exp"]))
+
+    def mint(self, *, doc: str, mode: str, ttl: float, now: float | None = None) -> str:
+        """A token for exactly ``doc``, signed with this server's secret (share links)."""
+        return mint(self._secret, mode=mode, ttl=ttl, doc=doc, now=now)
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, checked; raises :class:`Refused` (401) for any fault."""

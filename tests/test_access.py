@@ -269,3 +269,76 @@ async def test_the_http_fallback_goes_through_the_same_admission(secured: Server
     http_client.close()
     await poller.close()
     await writer.close()
+
+
+def share(server: ServerProcess, doc: str, bearer: str | None, body: object,
+          method: str = "POST") -> tuple[int, object]:
+    headers = {"Content-Type": "application/json"}
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    data = json.dumps(body).encode() if method == "POST" else None
+    request = urllib.request.Request(f"{server.http_url}/api/docs/{doc}/share", data=data,
+                                     method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def claims_of(minted: str) -> dict[str, object]:
+    return dict(jwt.decode(minted, SECRET, algorithms=["HS256"]))
+
+
+async def test_share_links_are_minted_for_writers_never_wider_or_longer_than_theirs(
+        server_factory: ServerFactory) -> None:
+    server = server_factory("memory://", env={"COLLAB_SECRET": SECRET, "COLLAB_SHARE_MAX_TTL": "86400"})
+    writer_token = mint(SECRET, mode="write", ttl=3600, doc_prefix="team/", name="Ada")
+    status, terms = share(server, "team/plan", writer_token, None, method="GET")
+    assert status == 200 and isinstance(terms, dict)
+    assert (terms["signed"], terms["may_share"], terms["mode"]) == (True, True, "write")
+    assert 3590 <= terms["max_ttl"] <= 3600  # type: ignore[operator]
+
+    # A read-only link for a week, from a token with an hour left: an hour, for this document only.
+    before = time.time()
+    status, answer = share(server, "team/plan", writer_token, {"mode": "read", "ttl": "7d"})
+    assert status == 200 and isinstance(answer, dict), answer
+    assert answer["mode"] == "read" and answer["shortened"] is True
+    claims = claims_of(str(answer["token"]))
+    assert claims["doc"] == "team/plan" and "doc_prefix" not in claims
+    assert claims["mode"] == "read" and "name" not in claims  # the visitor is not the sharer
+    assert before + 3590 <= claims["exp"] <= claims_of(writer_token)["exp"]  # type: ignore[operator]
+    reader = await PyClient(server.ws_url, "team/plan", params={"token": str(answer["token"])}).start()
+    await reader.wait_for(lambda: len(reader.auth_messages()) == 1)  # told it is read-only
+    status, _body = await refusal(f"{server.ws_url}/team/other?token={answer['token']}")
+    assert status == 403  # the writer's prefix is not passed on
+    await reader.close()
+    # An edit link within the limits is granted as asked; the server's own cap applies too.
+    status, answer = share(server, "team/plan", writer_token, {"mode": "write", "ttl": 600})
+    assert status == 200 and answer["shortened"] is False  # type: ignore[index]
+    assert claims_of(str(answer["token"]))["mode"] == "write"  # type: ignore[index]
+    long_writer = mint(SECRET, mode="write", ttl=30 * 86400, doc="team/plan")
+    status, answer = share(server, "team/plan", long_writer, {"mode": "write", "ttl": "30d"})
+    assert status == 200 and answer["shortened"] is True  # type: ignore[index]
+    assert claims_of(str(answer["token"]))["exp"] <= time.time() + 86400 + 1  # type: ignore[index, operator]
+
+    # Readers cannot share; nobody without a token can; bad requests say why.
+    reader_token = mint(SECRET, mode="read", ttl=3600, doc="team/plan")
+    status, terms = share(server, "team/plan", reader_token, None, method="GET")
+    assert status == 200 and terms["may_share"] is False  # type: ignore[index]
+    assert share(server, "team/plan", reader_token, {"mode": "read", "ttl": 60})[0] == 403
+    assert share(server, "team/plan", None, {"mode": "read", "ttl": 60})[0] == 401
+    assert share(server, "elsewhere", writer_token, {"mode": "read", "ttl": 60})[0] == 403
+    for body, reason in (({"mode": "admin", "ttl": 60}, "mode must be read or write"),
+                         ({"mode": "read", "ttl": "soon"}, "ttl: 'soon' is not a duration"),
+                         ({"mode": "read", "ttl": -5}, "ttl: "),
+                         ([1, 2], "must be a JSON object")):
+        status, text = share(server, "team/plan", writer_token, body)
+        assert status == 400 and reason in str(text), (body, text)
+
+
+def test_an_open_server_makes_no_share_links(server: ServerProcess) -> None:
+    status, terms = share(server, "doc", None, None, method="GET")
+    assert status == 200 and terms["signed"] is False and terms["may_share"] is False  # type: ignore[index]
+    status, text = share(server, "doc", None, {"mode": "read", "ttl": 60})
+    assert status == 404 and "no secret" in str(text)

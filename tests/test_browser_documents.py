@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 
 from collab import crdt
+from collab.tokens import mint
 from tests.servers import ServerProcess
 from tests.test_browser import (  # noqa: F401
     RECONNECT_TIMEOUT_MS,
@@ -25,6 +28,7 @@ from tests.test_browser import (  # noqa: F401
     document_url,
     editors,
     two_synced_pages,
+    wait_for_presence,
 )
 
 pytestmark = pytest.mark.browser
@@ -695,3 +699,109 @@ def test_every_url_is_relative_so_the_app_works_under_a_prefix(prefixed: Prefixe
     outside = [u for u in requests if not u.startswith((prefixed.http_url + "/", "data:", "blob:"))]
     assert outside == []
     assert any("/assets/app-" in u for u in requests)
+
+
+# --- sharing with the right rights ----------------------------------------------------------------
+
+SHARE_SECRET = "share-secret-" + "s" * 32
+
+
+def share_link(editor: Editor, mode: str, expiry: str) -> str:
+    """Open the share panel, pick an expiry, make a link; returns the link it shows."""
+    editor.page.click("#copy-link")
+    editor.page.wait_for_selector("#share-panel[data-state='signed']", timeout=SYNC_TIMEOUT_MS)
+    editor.page.select_option("#share-expiry", label=expiry)
+    button = "#share-read" if mode == "read" else "#share-edit"
+    editor.page.click(button)
+    editor.page.wait_for_function(
+        "(m) => { const f = document.getElementById('share-url');"
+        " return !f.hidden && f.dataset.mode === m && f.value.includes('#token=') }",
+        arg=mode, timeout=SYNC_TIMEOUT_MS)
+    link = str(editor.page.locator("#share-url").input_value())
+    editor.page.keyboard.press("Escape")
+    return link
+
+
+def test_share_links_edit_and_read_only_with_the_expiry_the_sharer_picks(
+        server_factory: Callable[..., ServerProcess], tabs: Callable[..., Editor]) -> None:
+    server = server_factory("memory://", env={"COLLAB_SECRET": SHARE_SECRET})
+    owner = mint(SHARE_SECRET, mode="write", ttl=3 * 86400, doc_prefix="", name="Ada")
+    ada = tabs("ada")
+    ada.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    ada.open(f"{document_url(server, 'shared-plan')}#token={owner}")
+    ada.wait_synced()
+    assert ada.page.url == document_url(server, "shared-plan")  # the token left the address bar
+    ada.type_at("end", "the plan")
+    ada.wait_saved()
+
+    # The expiry choices stop at what Ada's own token allows (3 days).
+    ada.page.click("#copy-link")
+    ada.page.wait_for_selector("#share-panel[data-state='signed']", timeout=SYNC_TIMEOUT_MS)
+    labels = ada.page.locator("#share-expiry option").all_inner_texts()
+    assert labels == ["1 hour", "1 day"]
+    ada.screenshot("documents-share-panel")
+    ada.page.keyboard.press("Escape")
+    read_link = share_link(ada, "read", "1 day")
+    assert ada.page.evaluate("() => navigator.clipboard.readText()") == read_link
+    token = read_link.split("#token=", 1)[1]
+    claims = jwt.decode(token, SHARE_SECRET, algorithms=["HS256"])
+    assert claims["doc"] == "shared-plan" and claims["mode"] == "read"
+    assert 86400 - 120 <= claims["exp"] - time.time() <= 86400
+
+    # The read-only visitor sees the text and the people live, cannot type, and is told so.
+    bob = tabs("bob").open(read_link)
+    bob.wait_synced()
+    bob.wait_text("the plan")
+    bob.page.wait_for_selector("#read-only:not([hidden])")
+    assert bob.page.locator("#read-only").inner_text().strip() == "Read only"
+    bob.set_name("Bob")
+    wait_for_presence(ada, "Bob")
+    wait_for_presence(bob, "Ada")
+    ada.type_at("end", ", live")
+    bob.wait_text("the plan, live")
+    bob.page.locator(".cm-content").click()
+    bob.page.keyboard.type("bob was here")
+    assert bob.text() == "the plan, live"
+    assert bob.page.locator("#doc-title").evaluate("e => e.readOnly") is True
+    bob.screenshot("documents-read-only-visitor")
+    # Not even a change made behind the editor's back gets anywhere.
+    bob.page.evaluate("() => collab.ytext.insert(0, 'forced ')")
+    ada.type_at("end", ".")
+    bob.page.wait_for_function("() => collab.ytext.toString().endsWith('live.')", timeout=SYNC_TIMEOUT_MS)
+    assert ada.text() == "the plan, live."
+    status, text = api("GET", f"{server.http_url}/api/docs/shared-plan?token={owner}")
+    assert (status, text.decode()) == (200, "the plan, live.")
+
+    # An edit link lets its visitor write.
+    edit_link = share_link(ada, "write", "1 hour")
+    carol = tabs("carol").open(edit_link)
+    carol.wait_synced()
+    carol.type_at("end", " Carol agrees.")
+    ada.wait_text("the plan, live. Carol agrees.")
+    assert carol.page.locator("#read-only").is_hidden()
+    # The link keeps working from the home page (the token stays with the document).
+    carol.open_home(server.http_url + "/")
+    carol.page.click("#recent .doc-row[data-room='shared-plan'] a")
+    carol.wait_started()
+    carol.wait_text("the plan, live. Carol agrees.")
+
+    # An expired link is explained, and the page stops trying.
+    stale = mint(SHARE_SECRET, mode="read", ttl=-60, doc="shared-plan")
+    dan = tabs("dan").open(f"{document_url(server, 'shared-plan')}#token={stale}")
+    dan.page.wait_for_selector("#ended[data-code='4401']:has-text('This link no longer gives access')",
+                               timeout=RECONNECT_TIMEOUT_MS)
+    dan.screenshot("documents-expired-link")
+
+
+def test_an_open_server_shares_the_page_link_itself(server: ServerProcess,
+                                                    tabs: Callable[..., Editor]) -> None:
+    ada = tabs("ada").open(document_url(server, "open-share"))
+    ada.wait_synced()
+    ada.page.click("#copy-link")
+    ada.page.wait_for_selector(
+        "#share-panel[data-state='open']:has-text('anyone with the link can read and edit')",
+        timeout=SYNC_TIMEOUT_MS)
+    assert ada.page.locator("#share-signed").is_hidden()
+    ada.page.click("#share-plain")
+    ada.page.wait_for_selector("#share-url:not([hidden])")
+    assert ada.page.locator("#share-url").input_value() == document_url(server, "open-share")

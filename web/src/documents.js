@@ -12,6 +12,7 @@ import { PollTransport } from './poll.js'
 import { TransportPolicy, forcedTransport, probeWebSocket } from './transports.js'
 import { Confirmations } from './confirm.js'
 import { socketUrl, pollUrl } from './urls.js'
+import { Tokens } from './access.js'
 import { readTextFile } from './files.js'
 import { documentNameForFile, titleForFile } from './names.js'
 
@@ -30,11 +31,12 @@ const loaded = (persistence) => Promise.race([
   new Promise(resolve => setTimeout(resolve, IDB_TIMEOUT_MS))
 ])
 
-/** WebSockets, or the HTTP fallback where they cannot pass (transports.js decides). */
-export const defaultTransports = () => new TransportPolicy({
-  socket: (room) => new WebSocketTransport(socketUrl(room)),
-  poll: (room) => new PollTransport(pollUrl(room)),
-  probe: (room) => probeWebSocket(socketUrl(room)),
+/** WebSockets, or the HTTP fallback where they cannot pass (transports.js decides); each
+ * connection carries the token this browser holds for the document, if any. */
+export const defaultTransports = (tokens = new Tokens()) => new TransportPolicy({
+  socket: (room) => new WebSocketTransport(socketUrl(room, document.baseURI, tokens.get(room))),
+  poll: (room) => new PollTransport(pollUrl(room, document.baseURI, tokens.get(room))),
+  probe: (room) => probeWebSocket(socketUrl(room, document.baseURI, tokens.get(room))),
   forced: forcedTransport()
 })
 

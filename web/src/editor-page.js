@@ -12,9 +12,11 @@ import { describeCounts } from './counts.js'
 import { download } from './files.js'
 import { RecentDocuments } from './recent.js'
 import { randomPersonName, randomColour, lightColour, COLOURS, documentNameProblem } from './names.js'
-import { $, el, showToast, popover, placeResponsively, displayName } from './ui.js'
+import { $, el, popover, placeResponsively, displayName } from './ui.js'
 import { homeHref } from './urls.js'
 import { newDocument, importFiles } from './start.js'
+import { Tokens, tokenInUrl, withoutToken, modeOf } from './access.js'
+import { SharePanel } from './share.js'
 
 const NAME_KEY = 'collab:name'
 const COLOUR_KEY = 'collab:colour'
@@ -39,17 +41,6 @@ const loadIdentity = () => {
 }
 
 // --- header -------------------------------------------------------------------------------------
-
-const copyLink = async () => {
-  const url = location.href
-  try {
-    await navigator.clipboard.writeText(url)
-    showToast('Link copied: anyone with it can edit')
-  } catch {
-    // Clipboard API refused (insecure origin or no permission): select the link instead.
-    window.prompt('Copy this link', url)
-  }
-}
 
 const renderConnection = (status) => {
   const node = $('connection')
@@ -126,7 +117,7 @@ const showEnded = ({ code }, { editor, room, saveCopy }) => {
   const notice = endedNotice(code)
   editor.setWritable(false)
   $('doc-title').disabled = true
-  $('saved').hidden = true
+  for (const id of ['saved', 'read-only', 'copy-link']) $(id).hidden = true
   if (code === 4410) new RecentDocuments().remove(room)
   const keep = el('button', { class: 'button', type: 'button' }, 'Download this copy (.md)')
   keep.addEventListener('click', saveCopy)
@@ -180,6 +171,15 @@ export const startEditor = async (room) => {
   if (problem !== null) {
     showUnusableName(problem)
     return
+  }
+
+  // A share link's token: kept for this document, and taken out of the address bar (the
+  // address stays a plain link to the document; Share makes links for others).
+  const tokens = new Tokens()
+  const linked = tokenInUrl(location.href)
+  if (linked !== null) {
+    tokens.set(room, linked)
+    history.replaceState(history.state, '', withoutToken(location.href))
   }
 
   const session = new DocumentSession(room)
@@ -257,7 +257,22 @@ export const startEditor = async (room) => {
   $('doc-title').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' || e.key === 'Escape') { e.preventDefault(); editor.view.focus() }
   })
-  $('copy-link').addEventListener('click', copyLink)
+  const share = new SharePanel({ room, tokens, title: () => title.toString() })
+  // Read-only (a read-only link, or the server says so): the text and the title cannot be
+  // changed here, and the page says so; presence still goes both ways.
+  let readOnly = false
+  const becomeReadOnly = () => {
+    if (readOnly) return
+    readOnly = true
+    editor.setWritable(false)
+    $('doc-title').readOnly = true
+    $('read-only').hidden = provider.ended !== null
+    $('saved').hidden = true
+    $('copy-link').hidden = true // sharing needs write access
+    document.documentElement.dataset.access = 'read'
+  }
+  if (modeOf(tokens.get(room)) === 'read') becomeReadOnly()
+  provider.on('denied', ({ reason }) => { if (reason === 'read-only') becomeReadOnly() })
   $('retry').addEventListener('click', () => provider.retryNow())
 
   const menu = popover($('menu-button'), $('menu'))
@@ -296,5 +311,5 @@ export const startEditor = async (room) => {
 
   editor.view.focus()
   // A handle for tests and for the curious; nothing in the page depends on it.
-  window.collab = { room, doc, ytext: text, title, awareness, provider, confirmations, view: editor.view, people, preview }
+  window.collab = { room, doc, ytext: text, title, awareness, provider, confirmations, view: editor.view, people, preview, share, readOnly: () => readOnly }
 }

@@ -11,6 +11,7 @@ import { TITLE_MAX } from './title.js'
 import { $, el, showToast, timeAgo, fullTime, displayName } from './ui.js'
 import { documentHref, apiUrl } from './urls.js'
 import { newDocument, importFiles } from './start.js'
+import { Tokens } from './access.js'
 
 const SEARCH_DELAY_MS = 250
 
@@ -48,6 +49,7 @@ export const renameDocument = async (room, title) => {
 /** Forget what this browser holds of a deleted document: its copy, its unsaved edits. */
 const forgetLocalCopy = (room) => {
   for (const key of [`collab:unsaved:${room}`, `collab:stash:${room}`]) localStorage.removeItem(key)
+  new Tokens().forget(room)
   try {
     indexedDB.deleteDatabase(localName(room))
   } catch (err) {
@@ -62,7 +64,7 @@ const forgetLocalCopy = (room) => {
 export const deleteDocument = async (room) => {
   let response
   try {
-    response = await fetch(apiUrl(`api/docs/${room}`), { method: 'DELETE', cache: 'no-store' })
+    response = await fetch(apiUrl(`api/docs/${room}`), { method: 'DELETE', cache: 'no-store', headers: new Tokens().headers(room) })
   } catch {
     return 'The server cannot be reached; nothing was deleted. Try again when online.'
   }

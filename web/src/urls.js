@@ -23,20 +23,27 @@ export const documentHref = (room) => `d/${room}`
 /** The home page, where the documents are listed. */
 export const homeHref = () => './'
 
-/** The WebSocket of a room; `?acks=1` asks for the durable acks that drive the saved status. */
-export const socketUrl = (room, base = document.baseURI) => {
+/** `?acks=1` asks for the durable acks that drive the saved status; `token` is the link's
+ * access token (access.js), if any: a browser cannot give a WebSocket headers. */
+const connectionSearch = (token) => (token ? `acks=1&token=${encodeURIComponent(token)}` : 'acks=1')
+
+/** The WebSocket of a room. */
+export const socketUrl = (room, base = document.baseURI, token = null) => {
   const url = resolve(`ws/${room}`, base)
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
-  url.search = 'acks=1'
+  url.search = connectionSearch(token)
   return url.href
 }
 
 /** The HTTP fallback of a room (the same messages as the WebSocket, over plain requests). */
-export const pollUrl = (room, base = document.baseURI) => {
+export const pollUrl = (room, base = document.baseURI, token = null) => {
   const url = resolve(`poll/${room}`, base)
-  url.search = 'acks=1'
+  url.search = connectionSearch(token)
   return url.href
 }
+
+/** The absolute address of a document's page, for links given to other people. */
+export const documentUrl = (room, base = document.baseURI) => resolve(documentHref(room), base).href
 
 /** An HTTP API path such as "api/docs". */
 export const apiUrl = (path, base = document.baseURI) => resolve(path, base).href
