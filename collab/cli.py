@@ -133,6 +133,7 @@ def serve(args: argparse.Namespace) -> int:
     from collab.config import instance_local_store_problem
     from collab.store import UnsupportedStore
     from collab.transport.direct import DirectWebSocketProtocol
+    from collab.transport.wsprotocol import WebSocketProtocol
 
     settings = _settings(args)
     _configure_logging(settings)
@@ -163,7 +164,7 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         collab.app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
         http=collab.guard.protocol,
-        ws=DirectWebSocketProtocol if settings.websocket_layer == "direct" else "websockets-sansio",
+        ws=DirectWebSocketProtocol if settings.websocket_layer == "direct" else WebSocketProtocol,
         ws_max_size=settings.max_message_size, ws_per_message_deflate=settings.per_message_deflate,
         lifespan="off", timeout_graceful_shutdown=5,
         proxy_headers=settings.forwarded_allow_ips is not None,

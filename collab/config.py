@@ -321,7 +321,7 @@ class Settings:
         "COLLAB_PER_MESSAGE_DEFLATE", boolean, "BOOL")})
     websocket_layer: str = field(default="direct", metadata={"option": Option(
         "direct: collab's WebSocket protocol under uvicorn (messages handled where their frames "
-        "are parsed, each broadcast framed once for every socket); asgi: uvicorn's own, every "
+        "are parsed, each broadcast framed once for every socket); asgi: uvicorn's protocol, every "
         "message through the ASGI events (what a host application's server does)",
         "COLLAB_WEBSOCKET_LAYER", websocket_layer, "LAYER")})
     durable_acks: bool = field(default=True, metadata={"option": Option(

@@ -282,6 +282,19 @@ async def test_a_reader_that_stalls_costs_little_is_closed_and_resyncs(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     stalled = await websockets.connect(f"{server.ws_url}/doc", sock=sock, max_size=None, max_queue=1)
     await stalled.send(protocol.encode_sync_step1(stalled_doc.state_vector()))
+
+    async def told_to_reconnect() -> None:
+        """Once the server has given up on it, the stalled client reads again: what its socket
+        still held, then the close telling it to reconnect."""
+        while (await asyncio.to_thread(stats, server))["websocket"]["slow_clients_closed"] < 1:
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for frame in stalled:
+                message = protocol.decode_message(frame)  # type: ignore[arg-type]
+                if isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate)):
+                    stalled_doc.apply(message.update)
+
+    reading = asyncio.create_task(told_to_reconnect())
     await asyncio.gather(alice.push(20, 50), bob.push(20, 50))  # warm up
     before = rss_bytes(server)
     peak = before
@@ -299,14 +312,8 @@ async def test_a_reader_that_stalls_costs_little_is_closed_and_resyncs(
     traffic = 2 * duration * rate * 20_000
     growth = peak - before
     assert growth < 8 * 1024 * 1024, f"grew {growth / 2**20:.1f} MiB for {traffic / 2**20:.0f} MiB sent"
-    # The stalled client reads again: what its socket held, then the close telling it to
-    # reconnect; it resyncs and has everything.
-    with contextlib.suppress(websockets.ConnectionClosed):
-        async for frame in stalled:
-            message = protocol.decode_message(frame)  # type: ignore[arg-type]
-            if isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate)):
-                stalled_doc.apply(message.update)
-    assert stalled.close_code == 1013
+    await asyncio.wait_for(reading, 120)
+    assert stalled.close_code == 1013  # it reconnects, resyncs and has everything
     async with websockets.connect(f"{server.ws_url}/doc", max_size=None) as again:
         await again.send(protocol.encode_sync_step1(stalled_doc.state_vector()))
         while True:

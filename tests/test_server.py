@@ -11,6 +11,7 @@ import pytest
 import websockets
 
 from collab import crdt, protocol
+from tests.metrics import scrape
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
 
@@ -21,6 +22,15 @@ ServerFactory = Callable[..., ServerProcess]
 
 async def connect(server: ServerProcess, room: str, **kwargs: object) -> PyClient:
     return await PyClient(server.ws_url, room, **kwargs).start()  # type: ignore[arg-type]
+
+
+async def wait_until_async(predicate: Callable[[], bool], timeout: float) -> None:
+    """Wait until ``predicate`` holds, asking it off the event loop (it may block)."""
+    async def poll() -> None:
+        while not await asyncio.to_thread(predicate):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 def http_status(url: str) -> int:
@@ -218,16 +228,25 @@ async def test_a_client_that_stops_reading_is_disconnected_not_buffered(
     writer = await connect(server, "doc")
     stalled = await websockets.connect(server.ws_url + "/doc", max_queue=1, max_size=None)
     await stalled.send(protocol.encode_sync_step1(b"\x00"))
+
+    async def told_to_reconnect() -> int | None:
+        """Once the server has given up on it, the client reads again: what its socket still
+        held, then the close frame with the reason."""
+        await wait_until_async(lambda: scrape(server.http_url).value(
+            "collab_websocket_slow_clients_closed_total") >= 1, 120)
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(stalled.recv(), 30)
+        return stalled.close_code
+
+    closed = asyncio.create_task(told_to_reconnect())
     chunk = "x" * 100_000
     for _ in range(200):  # 20 MB: more than the kernel's socket buffers hold
         await writer.insert(chunk, index=0)
+    assert await closed == 1013
     # A newcomer still gets the whole 20 MB document in one step 2, larger than the limit.
     newcomer = await connect(server, "doc")
-    await newcomer.wait_for(lambda: len(newcomer.text()) == 20_000_000, 20)
-    with pytest.raises(websockets.ConnectionClosed):
-        while True:
-            await asyncio.wait_for(stalled.recv(), 5)
-    assert stalled.close_code == 1013
+    await newcomer.wait_for(lambda: len(newcomer.text()) == 20_000_000, 60)
     assert writer.close_codes == [] and writer.connections == 1
     await writer.close()
     await newcomer.close()

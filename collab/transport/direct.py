@@ -17,15 +17,17 @@ protocol's own ``receive`` and ``send`` (no middleware in between that would be 
   socket, with nothing per receiver but the write.
 
 Connections that negotiated an extension (per-message compression) frame per connection, so
-they send through the ASGI path. ``--websocket-layer asgi`` selects uvicorn's class itself.
+they send through the ASGI path. ``--websocket-layer asgi`` sends every message through it
+(with :class:`~collab.transport.wsprotocol.WebSocketProtocol`, whose close reaches a slow client).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import OPEN
+
+from collab.transport.wsprotocol import WebSocketProtocol
 
 FRAME_CACHE_MAX = 64 * 1024
 """Messages up to this size keep their last framing for the next receiver (a broadcast); a
@@ -62,7 +64,7 @@ class FrameCache:
         return framed
 
 
-class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
+class DirectWebSocketProtocol(WebSocketProtocol):
     """uvicorn's sans-I/O WebSocket protocol with the endpoint's short cuts (module docstring)."""
 
     on_message: Callable[[bytes], bool] | None = None

@@ -227,8 +227,10 @@ class WebSocketPeer:
         slow client's close frame waits behind what its socket still holds: it should learn
         why (1013: reconnect) rather than see the connection drop, and waiting costs only
         the socket now that its queue is gone."""
-        if self.drain_task is not None:
-            await asyncio.wait({self.drain_task}, timeout=5.0)  # never raises
+        drain = self.drain_task
+        if drain is not None:
+            await asyncio.wait({drain}, timeout=5.0)  # never raises
+            drain.cancel()  # still stuck: no frame may follow the close
         code, reason = self.close_request or (codes.NORMAL.close, "")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.send_event({"type": "websocket.close", "code": code,
