@@ -31,8 +31,9 @@ SERVICE_RESTART = Outcome(1012, 503, "service restart (SIGTERM): reconnect at on
 TRY_AGAIN = Outcome(1013, 503, "try again (slow client, store backlog full, room being rebuilt)")
 BAD_REQUEST = Outcome(1008, 400, "bad request (invalid document name, malformed request)")
 UNAUTHORIZED = Outcome(4401, 401, "unauthorized (no, expired or bad token)")
-FORBIDDEN = Outcome(4403, 403, "forbidden (token for another document, origin not allowed, "
-                               "access withdrawn)")
+FORBIDDEN = Outcome(4403, 403, "forbidden (token for another document, origin not allowed)")
+READ_ONLY = Outcome(None, 403, "read-only: changes refused, the client stays (WebSocket: one auth "
+                               "message permission denied, reason read-only)")
 DOCUMENT_DELETED = Outcome(4410, 410, "document deleted (404 when it never existed)")
 DOCUMENT_TOO_LARGE = Outcome(4413, 413, "document too large")
 PRESENCE_TOO_LARGE = Outcome(4413, 413, "presence too large (a state, or one client's entries)")
@@ -44,7 +45,7 @@ REQUEST_HEAD_TOO_LARGE = Outcome(None, 431, "request head too large")
 
 TABLE: tuple[Outcome, ...] = (
     BAD_MESSAGE, TEXT_FRAME, INVALID_UPDATE, MESSAGE_TOO_LARGE, INTERNAL_ERROR, SERVICE_RESTART,
-    TRY_AGAIN, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, DOCUMENT_DELETED, DOCUMENT_TOO_LARGE,
+    TRY_AGAIN, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, READ_ONLY, DOCUMENT_DELETED, DOCUMENT_TOO_LARGE,
     PRESENCE_TOO_LARGE, RATE_LIMITED, FULL, DOCUMENT_DAMAGED, REQUEST_HEAD_TOO_LARGE,
 )
 """Every documented outcome, in the order of the table in ``docs/protocol.md``."""

@@ -244,7 +244,8 @@ class Settings:
         "platform that may run several (App Engine, Cloud Run)", "COLLAB_SINGLE_INSTANCE",
         boolean, "BOOL")})
     max_message_size: int = field(default=16 * 1024 * 1024, metadata={"option": Option(
-        "largest WebSocket message accepted, in bytes; larger ones close the socket with 1009",
+        "largest WebSocket message accepted, in bytes; larger ones close the socket with 1009 "
+        "(an HTTP fallback or document API body: 413)",
         "COLLAB_MAX_MESSAGE_SIZE", positive_int, "BYTES")})
     max_document_size: int = field(default=16 * 1024 * 1024, metadata={"option": Option(
         "largest document (its encoded Yjs state, what a new client downloads), in bytes; an "
@@ -267,7 +268,8 @@ class Settings:
         "seconds a connection may be held to the message rate without a break before it is "
         "closed with 4429", "COLLAB_FLOOD_PATIENCE", positive_float, "SECONDS")})
     max_connections: int = field(default=10_000, metadata={"option": Option(
-        "WebSocket connections this instance holds at most (past it: HTTP 503)",
+        "connections this instance holds at most: WebSockets, and HTTP fallback requests in "
+        "progress such as parked polls (past it: HTTP 503)",
         "COLLAB_MAX_CONNECTIONS", positive_int, "CONNECTIONS")})
     max_connections_per_document: int = field(default=1_000, metadata={"option": Option(
         "connections to one document on this instance, at most (past it: HTTP 503)",

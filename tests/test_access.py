@@ -16,7 +16,7 @@ import jwt
 import pytest
 import websockets
 
-from collab import protocol
+from collab import crdt, protocol
 from collab.loadtest.http import HttpClient
 from collab.tokens import mint
 from collab.transport.pollwire import encode_body
@@ -342,3 +342,57 @@ def test_an_open_server_makes_no_share_links(server: ServerProcess) -> None:
     assert status == 200 and terms["signed"] is False and terms["may_share"] is False  # type: ignore[index]
     status, text = share(server, "doc", None, {"mode": "read", "ttl": 60})
     assert status == 404 and "no secret" in str(text)
+
+
+def api(server: ServerProcess, method: str, path: str, bearer: str | None = None,
+        body: bytes | None = None) -> tuple[int, bytes]:
+    """One document API request: its status and body."""
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    request = urllib.request.Request(server.http_url + path, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_every_document_api_call_needs_a_token_for_its_document_and_mode(
+        secured: ServerProcess) -> None:
+    writer = await client(secured, params={"token": token()})
+    await writer.insert("original")
+
+    def call(method: str, path: str, bearer: str | None = None,
+             body: bytes | None = None) -> tuple[int, bytes]:
+        return api(secured, method, path, bearer, body)
+
+    edit = crdt.Document().edit_text(0, "via the API ") or b""
+    read, write = token(mode="read"), token()
+    refused = [
+        (("GET", "/api/docs/doc"), 401),
+        (("GET", "/api/docs/doc", token(doc="other")), 403),
+        (("GET", "/api/docs/doc/update", tampered(read)), 401),
+        (("POST", "/api/docs/doc/update", None, edit), 401),
+        (("POST", "/api/docs/doc/update", read, edit), 403),
+        (("POST", "/api/docs/doc/update", token(doc="other"), edit), 403),
+        (("DELETE", "/api/docs/doc", read), 403),
+        (("GET", "/api/docs", write), 403),  # a token for one document lists nothing
+    ]
+    for args, status in refused:
+        got, body = await asyncio.to_thread(call, *args)
+        assert got == status, (args[:2], got, body)
+    assert await asyncio.to_thread(call, "GET", "/api/docs/doc", read) == (200, b"original")
+    assert writer.text() == "original"  # nothing refused reached the document
+    assert (await asyncio.to_thread(call, "POST", "/api/docs/doc/update", write, edit))[0] == 204
+    await writer.wait_text("via the API original")
+    everything = mint(SECRET, mode="read", ttl=60, doc_prefix="")
+    status, listing = await asyncio.to_thread(call, "GET", "/api/docs", everything)
+    assert status == 200 and "documents" in json.loads(listing)
+    await writer.close()
+
+
+async def test_an_open_server_says_so_at_start_and_a_secured_one_does_not(
+        server_factory: ServerFactory) -> None:
+    open_server = server_factory("memory://")
+    assert "no COLLAB_SECRET: the server is open" in open_server.log()
+    secured = server_factory("memory://", env={"COLLAB_SECRET": SECRET})
+    assert "COLLAB_SECRET" not in secured.log()

@@ -320,3 +320,33 @@ async def test_signed_tokens_work_over_the_fallback_as_over_a_websocket(
     http.close()
     await writer.close()
     await reader.close()
+
+
+async def test_a_parked_poll_holds_a_connection_slot_until_it_is_answered(
+        server_factory: ServerFactory) -> None:
+    import websockets
+
+    server = server_factory(args=["--poll-timeout", "60", "--max-connections-per-document", "1"])
+    step1 = encode_body([protocol.encode_sync_step1(b"\x00")])
+    http = _client(server)
+    first = await http.post("/poll/doc?client=abcdefgh&wait=1", step1)
+    assert first.status == 200  # answered at once: it held its slot only while it ran
+    parked = asyncio.ensure_future(http.post(
+        f"/poll/doc?client=abcdefgh&wait=1&version={first.headers[VERSION_HEADER]}", step1))
+    await wait_until(lambda: scrape(server.http_url).value("collab_poll_parked") == 1, 10)
+    other = _client(server)
+    assert (await other.post("/poll/doc?client=ijklmnop", step1)).status == 503
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(f"{server.ws_url}/doc")
+    assert refused.value.response.status_code == 503
+    assert b"document" in refused.value.response.body
+    assert (await other.post("/poll/elsewhere?client=ijklmnop", step1)).status == 200  # per document
+    writer = PyClient(server.ws_url, "doc")
+    parked.cancel()
+    http.close()  # the client goes away: its parked poll ends and gives its slot back
+    await wait_until(lambda: scrape(server.http_url).value("collab_poll_parked") == 0, 10)
+    await writer.start()
+    await writer.insert("in")
+    assert scrape(server.http_url).value("collab_admission_refused_full_total") == 2
+    other.close()
+    await writer.close()

@@ -190,7 +190,7 @@ class PollEndpoint:
             raise Answer(codes.BAD_MESSAGE.http or 400, f"malformed message: {exc}") from None
         changes = body.changes
         if changes and not access.may_write:
-            raise Answer(codes.FORBIDDEN.http or 403, codes.READ_ONLY_REASON)
+            raise Answer(codes.READ_ONLY.http or 403, codes.READ_ONLY_REASON)
         for update in changes:
             try:
                 gate.check_update(update)  # the room's own gate: a bad one refuses the whole body
