@@ -223,18 +223,20 @@ def write_section(output: Path, text: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rooms", type=int, default=50)
-    parser.add_argument("--clients", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rooms", type=int, default=50, help="rooms of the fixed load")
+    parser.add_argument("--clients", type=int, default=5, help="clients in each room (one writes)")
     parser.add_argument("--rate", type=float, default=10.0, help="edits/s of the one writer per room")
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of the fixed load")
     parser.add_argument("--idle", type=int, default=500, help="idle clients of each transport")
     parser.add_argument("--hold", type=float, default=60.0, help="seconds the idle clients are held")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of each kind and transport")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 10 rooms, 100 idle for 30 s")
     parser.add_argument("--preliminary", action="store_true",
                         help="mark the figures as taken on a busy machine")
-    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"),
+                        help="the page whose section is rewritten (not with --quick)")
     parser.add_argument("--render", metavar="RESULTS_JSON",
                         help="only rewrite the report from a run's results")
     args = parser.parse_args()
