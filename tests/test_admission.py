@@ -248,3 +248,25 @@ async def test_held_connections_are_decided_again_when_due_and_told_what_changed
     admission.let_go(held["bob"])
     assert not admission.held
     assert Admission(authorize).hold(AccessRequest("ada", "websocket"), WRITE, told["ada"]) is None
+
+
+def test_every_setting_and_counter_the_limits_table_names_exists() -> None:
+    from dataclasses import fields
+
+    from collab.admission import AdmissionStats
+    from collab.room import RoomStats
+    from collab.transport.guard import GuardStats
+    from collab.transport.poll import PollStats
+    from collab.transport.websocket import SocketStats
+
+    parts = {"admission": AdmissionStats, "rooms": RoomStats, "websocket": SocketStats,
+             "poll": PollStats, "requests": GuardStats}
+    text = DOCS.read_text()
+    section = text[text.index("## Limits"):text.index("## Close codes and HTTP statuses")]
+    named = re.findall(r"`(\w+)\.(\w+)`", section)
+    assert len(named) >= 12
+    for part, counter in named:
+        assert counter in {f.name for f in fields(parts[part])}, f"{part}.{counter}"
+    settings = {option.env for _name, option, _default in Settings.options()}
+    for variable in re.findall(r"`(COLLAB_\w+)`", section):
+        assert variable in settings, variable
