@@ -75,10 +75,21 @@ async def test_a_poller_without_affinity_converges_with_websocket_clients_elsewh
     await poller.wait_for(lambda: 41 in poller.present(), 20)
     await poller.wait_for(lambda: poller.acks >= 10, 20)  # every edit acked, whichever instance took it
 
-    # Both instances answered polls and sends: the client was never tied to one.
-    polls = {backend for _method, target, backend in balancer.requests if "wait=1" in target}
-    sends = {backend for _method, target, backend in balancer.requests if "wait=1" not in target}
-    assert len(polls) == 2 and len(sends) == 2
+    # Both instances answered polls and sends: the client was never tied to one. Which one a
+    # request reaches depends on how the client's polls and sends happened to interleave (in
+    # strict turns, every poll would reach one instance and every send the other), so the
+    # poller sends edits of its own, one at a time, until each instance has taken both kinds.
+    def reached(polls: bool) -> set[object]:
+        return {backend for _method, target, backend in balancer.requests
+                if ("wait=1" in target) == polls}
+
+    for n in range(20):
+        if len(reached(polls=True)) == 2 and len(reached(polls=False)) == 2:
+            break
+        acked = poller.acks
+        await poller.insert(f"s{n} ")
+        await poller.wait_for(lambda acked=acked: poller.acks > acked, 20)
+    assert len(reached(polls=True)) == 2 and len(reached(polls=False)) == 2
 
     await poller.close()  # the goodbye lands on one instance; the others hear it on the bus
     await sockets[1].wait_for(lambda: 31 not in presence_seen(sockets[1].received), 10)
