@@ -34,3 +34,17 @@ def test_the_readme_commands_exist_with_the_options_shown() -> None:
             helps[sub] = result.stdout
         for flag in (w.strip("[]") for w in words if w.strip("[]").startswith("--")):
             assert flag in helps[sub], (words, flag)
+
+
+def test_the_readme_settings_are_settings() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "`--" in line]
+    assert len(rows) >= 15
+    options = {"--" + name.replace("_", "-"): option.env for name, option, _d in Settings.options()}
+    for row in rows:
+        _label, flags, variables, *_rest = row.strip("|").split(" | ")
+        shown = re.findall(r"`(--[\w-]+)`", flags)
+        assert shown and all(flag in options for flag in shown), row
+        assert re.findall(r"`(COLLAB_\w+)`", variables) == [options[flag] for flag in shown], row
