@@ -428,6 +428,27 @@ async def test_silent_sockets_and_partial_heads_are_closed_in_time_while_clients
         writer.close()
 
 
+async def test_a_request_body_that_trickles_is_cut_at_the_request_timeout(
+        server_factory: ServerFactory) -> None:
+    server = server_factory("memory://", args=["--request-timeout", "1"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /poll/doc?client=abcdefgh HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Length: 1000\r\n\r\n" + b"\x00" * 10)
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            while not writer.is_closing():
+                writer.write(b"\x00")
+                await asyncio.sleep(0.1)
+
+    trickling = asyncio.create_task(trickle())
+    answer = await asyncio.wait_for(reader.read(), 30)  # to the end: the server closes it
+    trickling.cancel()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert stats(server)["requests"]["requests_timed_out"] == 1
+    writer.close()
+
+
 async def test_request_heads_past_the_bounds_get_431_and_are_closed(server: ServerProcess) -> None:
     async def answer(head: bytes) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
