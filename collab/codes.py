@@ -31,7 +31,8 @@ SERVICE_RESTART = Outcome(1012, 503, "service restart (SIGTERM): reconnect at on
 TRY_AGAIN = Outcome(1013, 503, "try again (slow client, store backlog full, room being rebuilt)")
 BAD_REQUEST = Outcome(1008, 400, "bad request (invalid document name, malformed request)")
 UNAUTHORIZED = Outcome(4401, 401, "unauthorized (no, expired or bad token)")
-FORBIDDEN = Outcome(4403, 403, "forbidden (token for another document, origin not allowed)")
+FORBIDDEN = Outcome(4403, 403, "forbidden (token for another document, origin not allowed, "
+                               "access withdrawn)")
 READ_ONLY = Outcome(None, 403, "read-only: changes refused, the client stays (WebSocket: one auth "
                                "message permission denied, reason read-only)")
 DOCUMENT_DELETED = Outcome(4410, 410, "document deleted (404 when it never existed)")
