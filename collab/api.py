@@ -19,9 +19,16 @@ way in apply here too; a 204 means stored.
     POST   /api/docs/<name>/share         a share link's token for the document: JSON
                                           {"mode": "read"|"write", "ttl": seconds}; needs write
                                           access, and is never longer-lived than the caller's own
+    GET    /api/docs/<name>/versions?before=ID&limit=N
+                                          its kept versions, newest first (no content)
+    POST   /api/docs/<name>/versions      keep the document as it is now as a named version:
+                                          JSON {"label": "..."}; needs write access
+    GET    /api/docs/<name>/versions/<id> one version: JSON with its text and title, or with
+                                          ?format=update the Yjs update of the whole document
 
-A final ``/update`` or ``/share`` always names that endpoint, so the text of a document whose own
-name ends so is not reachable here (its update is, at ``…/update/update``).
+A final ``/update``, ``/share``, ``/versions`` or ``/versions/<id>`` always names that endpoint,
+so the text of a document whose own name ends so is not reachable here (its update is, at
+``…/update/update``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 import time
 import unicodedata
 from collections import OrderedDict
@@ -44,8 +52,9 @@ from collab.admission import Access, AccessRequest, Admission, Refused, check_do
 from collab.mount import app_raw_path
 from collab.rooms import DocumentDeleted, Rooms
 from collab.store import Store
-from collab.store.base import DocumentInfo
+from collab.store.base import DocumentInfo, VersionInfo
 from collab.tokens import TokenAuthorizer, parse_ttl
+from collab.versions import MAX_LABEL, Versioner
 
 log = logging.getLogger("collab.api")
 
@@ -112,7 +121,8 @@ def _one_line(title: str) -> str:
 
 class DocumentAPI:
     def __init__(self, rooms: Rooms, store: Store, admission: Admission, *, max_body: int,
-                 share_max_ttl: float = 30 * 86400.0) -> None:
+                 share_max_ttl: float = 30 * 86400.0, versions: Versioner | None = None) -> None:
+        self.versions = versions
         self.rooms = rooms
         self.store = store
         self.admission = admission
@@ -177,6 +187,19 @@ class DocumentAPI:
                 return await self._admitted(request, name, lambda a: self._share(request, name, a),
                                             write=True)
             return PlainTextResponse("use GET or POST on /api/docs/<name>/share\n", status_code=405)
+        if endpoint == "versions":
+            if method == "GET":
+                return await self._admitted(request, name, lambda _a: self._versions(request, name))
+            if method == "POST":
+                return await self._admitted(request, name, lambda a: self._name_version(request, name, a),
+                                            write=True)
+            return PlainTextResponse("use GET or POST on /api/docs/<name>/versions\n", status_code=405)
+        if endpoint.startswith("versions/"):
+            if method == "GET":
+                version_id = int(endpoint.split("/", 1)[1])
+                return await self._admitted(request, name,
+                                            lambda _a: self._version(request, name, version_id))
+            return PlainTextResponse("use GET on /api/docs/<name>/versions/<id>\n", status_code=405)
         update = endpoint == "update"
         if method == "GET":
             return await self._admitted(request, name, lambda _a: self._read(name, as_update=update))
@@ -187,6 +210,52 @@ class DocumentAPI:
             return await self._admitted(request, name, lambda _a: self._delete(name), write=True)
         return PlainTextResponse("use GET or DELETE on /api/docs/<name>, and GET or POST on "
                                  "/api/docs/<name>/update\n", status_code=405)
+
+    # --- versions -------------------------------------------------------------------------
+
+    async def _versions(self, request: Request, name: str) -> Response:
+        limit = _limit(request.query_params.get("limit"))
+        before_text = request.query_params.get("before") or None
+        if before_text is not None and not before_text.isdigit():
+            raise Refused(codes.BAD_REQUEST, "before must be a version id")
+        kept = await self.store.versions(name, before=int(before_text) if before_text else None,
+                                         limit=limit)
+        return JSONResponse({"versions": [_version_json(info) for info in kept],
+                             "next": kept[-1].id if len(kept) == limit else None})
+
+    async def _version(self, request: Request, name: str, version_id: int) -> Response:
+        found = await self.store.version(name, version_id)
+        if found is None:
+            return PlainTextResponse(f"no version {version_id} of {name!r}\n", status_code=404)
+        info, state = found
+        if request.query_params.get("format") == "update":
+            return Response(state, media_type="application/octet-stream")
+        try:
+            doc = crdt.document_from([state])
+        except crdt.InvalidUpdate as exc:
+            log.error("version %d of %r is refused by the engine: %s", version_id, name, exc)
+            return _status(codes.INTERNAL_ERROR, "this version cannot be read")
+        return JSONResponse({**_version_json(info), "text": doc.text(), "title": doc.text(TITLE_FIELD)})
+
+    async def _name_version(self, request: Request, name: str, access: Access) -> Response:
+        if self.versions is None:
+            return PlainTextResponse("this server keeps no versions\n", status_code=404)
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            asked = json.loads(body or b"{}")
+        except ValueError:
+            return _status(codes.BAD_REQUEST, 'the body must be JSON: {"label": "Before the review"}')
+        label = asked.get("label", "") if isinstance(asked, dict) else None
+        if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
+            return _status(codes.BAD_REQUEST, f"label must be a text of 1 to {MAX_LABEL} characters")
+        author = access.user.get("name")
+        info = await self.versions.take(name, kind="named", label=" ".join(label.split()),
+                                        authors=[author] if isinstance(author, str) else [])
+        if info is None:
+            return _missing(name)
+        return JSONResponse(_version_json(info), status_code=201)
 
     # --- share links ----------------------------------------------------------------------
 
@@ -320,8 +389,10 @@ class DocumentAPI:
         return b"".join(chunks)
 
 
-ENDPOINTS = ("update", "share")
-"""What a final path segment after a document's name may name (its update, its share links)."""
+ENDPOINTS = ("update", "share", "versions")
+"""What a final path segment after a document's name may name (its update, its share links,
+its versions; ``versions/<id>`` names one of them)."""
+_ONE_VERSION = re.compile(r"^(.+)/(versions/[0-9]{1,18})$")
 
 
 def _target(request: Request) -> tuple[str, str]:
@@ -331,12 +402,20 @@ def _target(request: Request) -> tuple[str, str]:
     marker = PREFIX + "/"
     rest = path[len(marker):] if path.startswith(marker) else ""
     name, endpoint = rest, ""
-    for candidate in ENDPOINTS:
+    one = _ONE_VERSION.match(rest)
+    if one is not None:
+        name, endpoint = one.group(1), one.group(2)
+    for candidate in ENDPOINTS if one is None else ():
         if rest.endswith("/" + candidate):
             name, endpoint = rest[:-len(candidate) - 1], candidate
             break
     check_document_name(name)
     return name, endpoint
+
+
+def _version_json(info: VersionInfo) -> dict[str, object]:
+    return {"id": info.id, "at": _iso(info.created_at), "kind": info.kind, "label": info.label,
+            "authors": list(info.authors), "size": info.size}
 
 
 def _limit(text: str | None) -> int:

@@ -30,7 +30,7 @@ from collab.admission import (
 )
 from collab.api import DocumentAPI
 from collab.bus import Bus, open_bus
-from collab.changes import ChangeNotifier, Hooks, OnChange, OnUpdate
+from collab.changes import AllEvents, ChangeNotifier, Hooks, OnChange, OnUpdate
 from collab.config import Settings, redact_url
 from collab.documents import TextEdit
 from collab.metrics import CONTENT_TYPE, Metrics
@@ -42,6 +42,7 @@ from collab.tokens import TokenAuthorizer
 from collab.transport.guard import RequestGuard
 from collab.transport.poll import PollEndpoint, PollLimits
 from collab.transport.websocket import Limits, WebSocketEndpoint, deny
+from collab.versions import Versioner
 from collab.webhooks import Webhooks
 
 log = logging.getLogger("collab")
@@ -165,6 +166,8 @@ class Collab:
                                  timeout=settings.webhook_timeout)
         if settings.webhook:
             self.changes.add(self.webhooks)
+        self.versions = Versioner(self.store, quiet=settings.version_quiet,
+                                  every=settings.version_interval, retention=settings.version_retention)
         self.rooms = Rooms(self.store, self.bus, idle_seconds=settings.room_idle,
                            bus_poll_interval=settings.bus_poll_interval,
                            durable_acks=settings.durable_acks,
@@ -172,7 +175,8 @@ class Collab:
                                max_document_size=settings.max_document_size,
                                max_presence_state=settings.max_presence_state,
                                max_presence_entries=settings.max_presence_entries),
-                           events=self.changes)
+                           events=AllEvents(self.changes, self.versions))
+        self.versions.rooms = self.rooms
         self.accepting = False
         self.phase: Phase = "new"
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -200,7 +204,7 @@ class Collab:
                                   max_pending=settings.max_handshakes)
         """Bounds requests before the app sees them; ``collab serve`` installs it in uvicorn."""
         self.api = DocumentAPI(self.rooms, self.store, self.admission, max_body=settings.max_message_size,
-                               share_max_ttl=settings.share_max_ttl)
+                               share_max_ttl=settings.share_max_ttl, versions=self.versions)
         self.metrics = Metrics()
         self._register_metrics()
         self.app: Starlette = self._build_app()
@@ -393,6 +397,7 @@ class Collab:
         self.rooms.start()
         self.admission.start()
         self.webhooks.start()
+        self.versions.start()
         self.loop = asyncio.get_running_loop()
         self.accepting = True
         warning = self.open_warning()
@@ -460,6 +465,7 @@ class Collab:
         self.drain()
         self.sockets.close_all(codes.SERVICE_RESTART.close, "server restarting, reconnect")
         await self.admission.stop()
+        await self.versions.close()
         await self.rooms.close()
         await self.changes.close()
         await self.webhooks.close()

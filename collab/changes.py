@@ -47,6 +47,21 @@ class DocumentEvents:
         raise NotImplementedError
 
 
+class AllEvents(DocumentEvents):
+    """Several parts told the same events (change notifications, versions), in order."""
+
+    def __init__(self, *parts: DocumentEvents) -> None:
+        self.parts = parts
+
+    def changed(self, name: str, update: bytes) -> None:
+        for part in self.parts:
+            part.changed(name, update)
+
+    def happened(self, event: str, name: str) -> None:
+        for part in self.parts:
+            part.happened(event, name)
+
+
 class Listener:
     """Something told about changed documents."""
 

@@ -201,6 +201,16 @@ class Settings:
     share_max_ttl: float = field(default=30 * 86400.0, metadata={"option": Option(
         "longest a share link made in the editor stays valid, in seconds (never longer than the "
         "sharer's own token either)", "COLLAB_SHARE_MAX_TTL", positive_float, "SECONDS")})
+    version_quiet: float = field(default=10.0, metadata={"option": Option(
+        "seconds without an edit that end a burst of editing: a version of the document is kept "
+        "then", "COLLAB_VERSION_QUIET", positive_float, "SECONDS")})
+    version_interval: float = field(default=300.0, metadata={"option": Option(
+        "while editing goes on, a version is kept at least this often (seconds)",
+        "COLLAB_VERSION_INTERVAL", positive_float, "SECONDS")})
+    version_retention: float = field(default=30 * 86400.0, metadata={"option": Option(
+        "automatic versions older than this (seconds) are removed, the newest one of a document "
+        "excepted; named versions stay until the document is deleted; 0 keeps them all",
+        "COLLAB_VERSION_RETENTION", non_negative_float, "SECONDS")})
     allowed_origins: tuple[str, ...] = field(default=(), metadata={"option": Option(
         "web origins whose pages may connect, comma-separated (* for any); the server's own "
         "origin always may; empty: own origin and loopback pages only",

@@ -6,6 +6,7 @@ Every test fails on an uncaught page error or a console error (the ``editors`` f
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -805,3 +806,84 @@ def test_an_open_server_shares_the_page_link_itself(server: ServerProcess,
     ada.page.click("#share-plain")
     ada.page.wait_for_selector("#share-url:not([hidden])")
     assert ada.page.locator("#share-url").input_value() == document_url(server, "open-share")
+
+
+# --- rewind -----------------------------------------------------------------------------------------
+
+def versions_of(server: ServerProcess, name: str) -> list[dict[str, object]]:
+    status, body = api("GET", f"{server.http_url}/api/docs/{name}/versions")
+    assert status == 200, body
+    return list(json.loads(body)["versions"])
+
+
+def wait_versions(server: ServerProcess, name: str, count: int) -> None:
+    deadline = time.monotonic() + SYNC_TIMEOUT_MS / 1000
+    while len(versions_of(server, name)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} versions of {name!r} were kept"
+        time.sleep(0.1)
+
+
+def test_history_lists_versions_shows_differences_and_restores_undoably(
+        server_factory: Callable[..., ServerProcess], tabs: Callable[..., Editor]) -> None:
+    server = server_factory(args=["--version-quiet", "0.5", "--version-interval", "60"])
+    url = document_url(server, "rewind")
+    ada, bob = two_synced_pages(tabs, url)
+    ada.set_name("Ada")
+    bob.set_name("Bob")
+    wait_for_presence(bob, "Ada")
+    set_text(ada, "# Plan\nfirst draft\nthe end\n")  # one edit: one burst, however slow the machine
+    ada.wait_saved()
+    wait_versions(server, "rewind", 1)
+    bob.wait_text("# Plan\nfirst draft\nthe end\n")
+    set_text(bob, "# Plan\ncleaned up\nthe end\nmore from Bob\n")
+    ada.wait_text("# Plan\ncleaned up\nthe end\nmore from Bob\n")
+    bob.wait_saved()
+    wait_versions(server, "rewind", 2)
+
+    # The history, newest first, with who edited; a named version on request.
+    ada.page.click("#menu-button")
+    ada.page.click("#menu [data-action='history']")
+    ada.page.wait_for_selector("#history:not([hidden]) .version-row")
+    ada.page.fill("#version-label", "Before the review")
+    ada.page.click("#version-name")
+    ada.page.wait_for_selector("#toast:has-text('Kept this version as “Before the review”')")
+    ada.page.wait_for_function("() => document.querySelectorAll('#version-list .version-row').length === 3")
+    rows = ada.page.evaluate("""() => [...document.querySelectorAll('#version-list .version-row')].map(r => ({
+        kind: r.dataset.kind, title: r.querySelector('.version-title').textContent,
+        meta: r.querySelector('.version-meta').textContent}))""")
+    assert [r["kind"] for r in rows] == ["named", "auto", "auto"]
+    assert rows[0]["title"] == "Before the review"
+    assert rows[2]["meta"].endswith("Ada"), rows
+    assert "Bob" in rows[1]["meta"], rows
+
+    # The first version beside the current text, the differences marked.
+    ada.page.click("#version-list .version-row:last-child button")
+    ada.page.wait_for_selector("#workspace[data-history='version'] #version-diff .diff-line")
+    lines = ada.page.evaluate("""() => [...document.querySelectorAll('#version-diff .diff-line')]
+        .map(l => [l.dataset.kind, l.querySelector('.diff-text').textContent])""")
+    assert lines == [["same", "# Plan"], ["removed", "first draft"], ["added", "cleaned up"],
+                     ["same", "the end"], ["added", "more from Bob"]]
+    assert ada.page.locator("#version-summary").inner_text() == "Since then: 2 lines added, 1 removed."
+    assert ada.page.locator("#editor").is_visible()  # beside the current text
+    ada.screenshot("documents-history-version")
+
+    # Restore: an edit everyone receives and the store keeps; undo takes it back.
+    ada.page.click("#version-restore")
+    first = "# Plan\nfirst draft\nthe end\n"
+    ada.wait_text(first)
+    bob.wait_text(first)
+    ada.wait_saved()
+    assert api("GET", f"{server.http_url}/api/docs/rewind") == (200, first.encode())
+    ada.page.wait_for_selector("#version-summary:has-text('The same text as now.')")
+    ada.page.click("#toast .toast-action")  # Undo
+    restored = "# Plan\ncleaned up\nthe end\nmore from Bob\n"
+    ada.wait_text(restored)
+    bob.wait_text(restored)
+    ada.wait_saved()
+    assert api("GET", f"{server.http_url}/api/docs/rewind") == (200, restored.encode())
+    # Restoring was itself kept as a version, and the history says so once reopened.
+    wait_versions(server, "rewind", 4)
+    ada.page.click("#version-close")
+    ada.page.wait_for_selector("#workspace[data-history='list']")
+    ada.page.click("#history-close")
+    assert ada.page.locator("#history").is_hidden()

@@ -100,6 +100,27 @@ class DocumentInfo:
     """When its last update was stored (Unix time); None if stored before this was recorded."""
 
 
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One kept version of a document (see :meth:`Store.add_version`)."""
+
+    id: int
+    """Increasing with every version the store keeps (of any document)."""
+    created_at: float
+    """When it was taken (Unix time)."""
+    kind: str
+    """``"auto"`` (taken after a burst of editing; subject to retention) or ``"named"`` (asked
+    for, with a label; kept until the document is deleted)."""
+    label: str
+    authors: tuple[str, ...]
+    """The names of the people whose edits it was taken after (may be empty)."""
+    size: int
+    """Bytes of its Yjs state."""
+
+
+VERSION_KINDS = ("auto", "named")
+
+
 @dataclass(slots=True)
 class LogSlice:
     """What compaction folds: the snapshot as read, and the log entries after it."""
@@ -318,7 +339,9 @@ class Store(ABC):
         made before the call are stored first (then deleted with the rest). Returns whether
         there was a document to delete."""
         await self._settle(name)
-        return await self._set_deleted(name, True)
+        deleted = await self._set_deleted(name, True)
+        await self._drop_versions(name)
+        return deleted
 
     async def revive(self, name: str) -> bool:
         """Let a deleted name be used again, empty (an explicit import or create does this;
@@ -332,6 +355,32 @@ class Store(ABC):
     async def list(self, after: str | None = None, limit: int = 100) -> list[DocumentInfo]:
         """Documents in name order, from the first name after ``after``; deleted ones left out."""
         return await self._list(after, limit)
+
+    # --- versions: kept apart from the log and the snapshot, which compaction rewrites -------
+
+    async def add_version(self, name: str, state: bytes, *, kind: str = "auto", label: str = "",
+                          authors: tuple[str, ...] | list[str] = (),
+                          at: float | None = None) -> VersionInfo:
+        """Keep ``state`` (the whole document as one Yjs update) as a version of ``name``."""
+        if kind not in VERSION_KINDS:
+            raise ValueError(f"a version is auto or named, not {kind!r}")
+        created_at = time.time() if at is None else at
+        version_id = await self._add_version(name, created_at, kind, label, list(authors), state)
+        return VersionInfo(version_id, created_at, kind, label, tuple(authors), len(state))
+
+    async def versions(self, name: str, *, before: int | None = None,
+                       limit: int = 100) -> list[VersionInfo]:
+        """The versions of ``name``, newest first, from the first one older than ``before``."""
+        return await self._list_versions(name, before, limit)
+
+    async def version(self, name: str, version_id: int) -> tuple[VersionInfo, bytes] | None:
+        """One version of ``name`` and its state; None if there is no such version of it."""
+        return await self._read_version(name, version_id)
+
+    async def prune_versions(self, name: str, *, older_than: float, keep: int = 1) -> int:
+        """Drop the automatic versions of ``name`` taken before ``older_than``, except the
+        newest ``keep`` versions; named versions stay. Returns how many went."""
+        return await self._prune_versions(name, older_than, keep)
 
     async def _settle(self, name: str) -> None:
         await self.flush()
@@ -385,6 +434,29 @@ class Store(ABC):
     @abstractmethod
     async def _list(self, after: str | None, limit: int) -> list[DocumentInfo]:
         """At most ``limit`` documents without a tombstone, names after ``after``, in order."""
+
+    @abstractmethod
+    async def _add_version(self, name: str, created_at: float, kind: str, label: str,
+                           authors: list[str], state: bytes) -> int:
+        """Store one version; return its id (greater than every id handed out before)."""
+
+    @abstractmethod
+    async def _list_versions(self, name: str, before: int | None, limit: int) -> list[VersionInfo]:
+        """At most ``limit`` versions of ``name`` with ids below ``before`` (all if None),
+        newest first, without their states."""
+
+    @abstractmethod
+    async def _read_version(self, name: str, version_id: int) -> tuple[VersionInfo, bytes] | None:
+        """The version ``version_id`` of ``name`` with its state, or None."""
+
+    @abstractmethod
+    async def _prune_versions(self, name: str, older_than: float, keep: int) -> int:
+        """Delete the ``auto`` versions of ``name`` created before ``older_than`` that are not
+        among its newest ``keep`` versions; return how many."""
+
+    @abstractmethod
+    async def _drop_versions(self, name: str) -> None:
+        """Delete every version of ``name`` (the document was deleted)."""
 
     @abstractmethod
     async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,

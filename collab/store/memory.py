@@ -6,7 +6,7 @@ import itertools
 import time
 from typing import Any
 
-from collab.store.base import DocumentInfo, LogSlice, Store
+from collab.store.base import DocumentInfo, LogSlice, Store, VersionInfo
 
 
 class MemoryStore(Store):
@@ -18,6 +18,8 @@ class MemoryStore(Store):
         self._positions = itertools.count(1)
         self._changed: dict[str, float] = {}
         self._deleted: set[str] = set()
+        self._versions: dict[str, list[tuple[VersionInfo, bytes]]] = {}
+        self._version_ids = itertools.count(1)
 
     async def _open(self) -> None:
         pass
@@ -68,3 +70,29 @@ class MemoryStore(Store):
     def _size(self, name: str) -> int:
         snapshot = self._snapshots.get(name)
         return (len(snapshot[0]) if snapshot else 0) + sum(len(u) for _, u in self._log.get(name, []))
+
+    async def _add_version(self, name: str, created_at: float, kind: str, label: str,
+                           authors: list[str], state: bytes) -> int:
+        version_id = next(self._version_ids)
+        info = VersionInfo(version_id, created_at, kind, label, tuple(authors), len(state))
+        self._versions.setdefault(name, []).append((info, state))
+        return version_id
+
+    async def _list_versions(self, name: str, before: int | None, limit: int) -> list[VersionInfo]:
+        infos = [info for info, _ in reversed(self._versions.get(name, []))
+                 if before is None or info.id < before]
+        return infos[:limit]
+
+    async def _read_version(self, name: str, version_id: int) -> tuple[VersionInfo, bytes] | None:
+        return next((kept for kept in self._versions.get(name, []) if kept[0].id == version_id), None)
+
+    async def _prune_versions(self, name: str, older_than: float, keep: int) -> int:
+        kept = self._versions.get(name, [])
+        newest = {info.id for info, _ in kept[-keep:]} if keep > 0 else set()
+        left = [(info, state) for info, state in kept
+                if info.kind != "auto" or info.created_at >= older_than or info.id in newest]
+        self._versions[name] = left
+        return len(kept) - len(left)
+
+    async def _drop_versions(self, name: str) -> None:
+        self._versions.pop(name, None)

@@ -16,12 +16,13 @@ with a ``version`` that changes on every snapshot swap. What several instances a
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from typing import Any
 
 import asyncpg
 
-from collab.store.base import DocumentInfo, LogSlice, Store
+from collab.store.base import DocumentInfo, LogSlice, Store, VersionInfo
 
 log = logging.getLogger("collab.store.postgres")
 
@@ -54,6 +55,20 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """INSERT INTO collab_documents (doc)
            SELECT doc FROM collab_snapshots UNION SELECT doc FROM collab_updates
            ON CONFLICT DO NOTHING""",
+    ]),
+    (3, [
+        # Versions of documents for people to go back to, apart from the log and the snapshots
+        # (which compaction rewrites): a table of their own that nothing else reads or changes.
+        """CREATE TABLE collab_versions (
+               id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+               doc        TEXT COLLATE "C" NOT NULL,
+               created_at TIMESTAMPTZ NOT NULL,
+               kind       TEXT NOT NULL,
+               label      TEXT NOT NULL,
+               authors    JSONB NOT NULL,
+               data       BYTEA NOT NULL
+           )""",
+        "CREATE INDEX collab_versions_by_doc ON collab_versions (doc, id)",
     ]),
 ]
 """(version, statements): applied in order, each version once, in one transaction."""
@@ -190,6 +205,42 @@ class PostgresStore(Store):
         return [DocumentInfo(row["doc"], int(row["size"]),
                              float(row["changed_at"]) if row["changed_at"] is not None else None)
                 for row in rows]
+
+
+    async def _add_version(self, name: str, created_at: float, kind: str, label: str,
+                           authors: list[str], state: bytes) -> int:
+        return int(await self.pool.fetchval(
+            "INSERT INTO collab_versions (doc, created_at, kind, label, authors, data) "
+            "VALUES ($1, to_timestamp($2), $3, $4, $5::jsonb, $6) RETURNING id",
+            name, created_at, kind, label, json.dumps(authors), state))
+
+    async def _list_versions(self, name: str, before: int | None, limit: int) -> list[VersionInfo]:
+        rows = await self.pool.fetch(
+            "SELECT id, extract(epoch FROM created_at) AS created_at, kind, label, authors::text AS authors, "
+            "octet_length(data) AS size FROM collab_versions WHERE doc = $1 AND id < $2 "
+            "ORDER BY id DESC LIMIT $3", name, before if before is not None else 2**63 - 1, limit)
+        return [_version_info(row) for row in rows]
+
+    async def _read_version(self, name: str, version_id: int) -> tuple[VersionInfo, bytes] | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, extract(epoch FROM created_at) AS created_at, kind, label, authors::text AS authors, "
+            "octet_length(data) AS size, data FROM collab_versions WHERE doc = $1 AND id = $2",
+            name, version_id)
+        return None if row is None else (_version_info(row), bytes(row["data"]))
+
+    async def _prune_versions(self, name: str, older_than: float, keep: int) -> int:
+        return _count(await self.pool.execute(
+            "DELETE FROM collab_versions WHERE doc = $1 AND kind = 'auto' AND created_at < to_timestamp($2) "
+            "AND id NOT IN (SELECT id FROM collab_versions WHERE doc = $1 ORDER BY id DESC LIMIT $3)",
+            name, older_than, keep))
+
+    async def _drop_versions(self, name: str) -> None:
+        await self.pool.execute("DELETE FROM collab_versions WHERE doc = $1", name)
+
+
+def _version_info(row: asyncpg.Record) -> VersionInfo:
+    return VersionInfo(int(row["id"]), float(row["created_at"]), row["kind"], row["label"],
+                       tuple(json.loads(row["authors"])), int(row["size"]))
 
 
 def _count(status: str) -> int:

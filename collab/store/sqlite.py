@@ -8,6 +8,7 @@ WAL lets run beside a write). The event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sqlite3
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from collab.store.base import DocumentInfo, LogSlice, Store, StoreDamaged
+from collab.store.base import DocumentInfo, LogSlice, Store, StoreDamaged, VersionInfo
 
 T = TypeVar("T")
 log = logging.getLogger("collab.store.sqlite")
@@ -47,6 +48,22 @@ CREATE TABLE IF NOT EXISTS documents (
 INSERT OR IGNORE INTO documents (doc) SELECT doc FROM snapshots UNION SELECT doc FROM updates;
 """),
 ]
+VERSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc        TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    kind       TEXT NOT NULL,
+    label      TEXT NOT NULL,
+    authors    TEXT NOT NULL,
+    data       BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS versions_by_doc ON versions (doc, id);
+"""
+"""Versions of documents, kept apart from the log and the snapshots (which compaction rewrites).
+Made when missing on every open (a table of its own: nothing else reads or changes it), so it
+needs no schema version of its own; an older release leaves it alone."""
+
 """(user_version, script): what turns an older store into this release's, each run once and
 recorded in SQLite's ``user_version``. Additive only, so an older release can still open it."""
 
@@ -168,6 +185,7 @@ class SQLiteStore(Store):
             self._write_db = self._connect()
             self._write_db.executescript(SCHEMA)
             migrate(self._write_db)
+            self._write_db.executescript(VERSIONS_SCHEMA)
 
         def open_reader() -> None:
             self._read_db = self._connect()
@@ -308,3 +326,62 @@ class SQLiteStore(Store):
             return [DocumentInfo(doc, int(size), changed_at) for doc, size, changed_at in rows]
 
         return await self._run(self._reader_pool, read)
+
+    async def _add_version(self, name: str, created_at: float, kind: str, label: str,
+                           authors: list[str], state: bytes) -> int:
+        def write() -> int:
+            db = self._write_db
+            assert db is not None
+            cursor = db.execute(
+                "INSERT INTO versions (doc, created_at, kind, label, authors, data) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (name, created_at, kind, label, json.dumps(authors), state))
+            return int(cursor.lastrowid or 0)
+
+        return await self._run(self._writer_pool, write)
+
+    async def _list_versions(self, name: str, before: int | None, limit: int) -> list[VersionInfo]:
+        def read() -> list[VersionInfo]:
+            db = self._read_db
+            assert db is not None
+            rows = db.execute(
+                "SELECT id, created_at, kind, label, authors, length(data) FROM versions "
+                "WHERE doc = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                (name, before if before is not None else 2**63 - 1, limit)).fetchall()
+            return [_version_info(*row) for row in rows]
+
+        return await self._run(self._reader_pool, read)
+
+    async def _read_version(self, name: str, version_id: int) -> tuple[VersionInfo, bytes] | None:
+        def read() -> tuple[VersionInfo, bytes] | None:
+            db = self._read_db
+            assert db is not None
+            row = db.execute(
+                "SELECT id, created_at, kind, label, authors, length(data), data FROM versions "
+                "WHERE doc = ? AND id = ?", (name, version_id)).fetchone()
+            return None if row is None else (_version_info(*row[:6]), bytes(row[6]))
+
+        return await self._run(self._reader_pool, read)
+
+    async def _prune_versions(self, name: str, older_than: float, keep: int) -> int:
+        def write() -> int:
+            db = self._write_db
+            assert db is not None
+            return int(db.execute(
+                "DELETE FROM versions WHERE doc = ? AND kind = 'auto' AND created_at < ? AND id NOT IN "
+                "(SELECT id FROM versions WHERE doc = ? ORDER BY id DESC LIMIT ?)",
+                (name, older_than, name, keep)).rowcount)
+
+        return await self._run(self._writer_pool, write)
+
+    async def _drop_versions(self, name: str) -> None:
+        def write() -> None:
+            db = self._write_db
+            assert db is not None
+            db.execute("DELETE FROM versions WHERE doc = ?", (name,))
+
+        await self._run(self._writer_pool, write)
+
+
+def _version_info(version_id: int, created_at: float, kind: str, label: str, authors: str,
+                  size: int) -> VersionInfo:
+    return VersionInfo(int(version_id), float(created_at), kind, label, tuple(json.loads(authors)), int(size))

@@ -17,6 +17,7 @@ import { homeHref } from './urls.js'
 import { newDocument, importFiles } from './start.js'
 import { Tokens, tokenInUrl, withoutToken, modeOf } from './access.js'
 import { SharePanel } from './share.js'
+import { History } from './history.js'
 
 const NAME_KEY = 'collab:name'
 const COLOUR_KEY = 'collab:colour'
@@ -275,11 +276,15 @@ export const startEditor = async (room) => {
   provider.on('denied', ({ reason }) => { if (reason === 'read-only') becomeReadOnly() })
   $('retry').addEventListener('click', () => provider.retryNow())
 
+  const versions = new History({
+    room, tokens, ytext: text, undoManager: editor.undoManager, mayWrite: () => !readOnly && provider.ended === null
+  })
   const menu = popover($('menu-button'), $('menu'))
   const fileTitle = () => title.toString().trim() || name
   const actions = {
     'download-md': () => download(text.toString(), fileTitle(), 'md'),
     'download-txt': () => download(text.toString(), fileTitle(), 'txt'),
+    history: () => (versions.isOpen ? versions.close() : versions.open()),
     new: () => newDocument(),
     import: () => $('import-file').click()
   }
@@ -311,5 +316,5 @@ export const startEditor = async (room) => {
 
   editor.view.focus()
   // A handle for tests and for the curious; nothing in the page depends on it.
-  window.collab = { room, doc, ytext: text, title, awareness, provider, confirmations, view: editor.view, people, preview, share, readOnly: () => readOnly }
+  window.collab = { room, doc, ytext: text, title, awareness, provider, confirmations, view: editor.view, people, preview, share, history: versions, readOnly: () => readOnly }
 }
