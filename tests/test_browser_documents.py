@@ -887,3 +887,23 @@ def test_history_lists_versions_shows_differences_and_restores_undoably(
     ada.page.wait_for_selector("#workspace[data-history='list']")
     ada.page.click("#history-close")
     assert ada.page.locator("#history").is_hidden()
+
+
+def test_a_document_is_deleted_from_its_own_page_after_a_confirmation(
+        server: ServerProcess, tabs: Callable[..., Editor]) -> None:
+    ada, bob = two_synced_pages(tabs, document_url(server, "delete-here"))
+    ada.type_at("end", "short-lived")
+    bob.wait_text("short-lived")
+    ada.wait_saved()
+    ada.page.click("#menu-button")
+    ada.page.click("#menu [data-action='delete']")
+    ada.page.wait_for_selector("#confirm-dialog[open]:has-text('Delete “delete-here”?')")
+    ada.page.click("#confirm-no")
+    ada.page.wait_for_selector("#confirm-dialog", state="hidden")
+    assert api("GET", f"{server.http_url}/api/docs/delete-here")[0] == 200
+    ada.page.click("#menu-button")
+    ada.page.click("#menu [data-action='delete']")
+    ada.page.click("#confirm-yes")
+    for editor in (ada, bob):
+        editor.page.wait_for_selector("#ended[data-code='4410']", timeout=SYNC_TIMEOUT_MS)
+    assert api("GET", f"{server.http_url}/api/docs/delete-here")[0] == 410

@@ -18,6 +18,7 @@ import { newDocument, importFiles } from './start.js'
 import { Tokens, tokenInUrl, withoutToken, modeOf } from './access.js'
 import { SharePanel } from './share.js'
 import { History } from './history.js'
+import { confirmAndDelete } from './home.js'
 
 const NAME_KEY = 'collab:name'
 const COLOUR_KEY = 'collab:colour'
@@ -118,7 +119,7 @@ const showEnded = ({ code }, { editor, room, saveCopy }) => {
   const notice = endedNotice(code)
   editor.setWritable(false)
   $('doc-title').disabled = true
-  for (const id of ['saved', 'read-only', 'copy-link']) $(id).hidden = true
+  for (const id of ['saved', 'read-only', 'copy-link', 'delete-doc']) $(id).hidden = true
   if (code === 4410) new RecentDocuments().remove(room)
   const keep = el('button', { class: 'button', type: 'button' }, 'Download this copy (.md)')
   keep.addEventListener('click', saveCopy)
@@ -270,6 +271,7 @@ export const startEditor = async (room) => {
     $('read-only').hidden = provider.ended !== null
     $('saved').hidden = true
     $('copy-link').hidden = true // sharing needs write access
+    $('delete-doc').hidden = true
     document.documentElement.dataset.access = 'read'
   }
   if (modeOf(tokens.get(room)) === 'read') becomeReadOnly()
@@ -285,6 +287,7 @@ export const startEditor = async (room) => {
     'download-md': () => download(text.toString(), fileTitle(), 'md'),
     'download-txt': () => download(text.toString(), fileTitle(), 'txt'),
     history: () => (versions.isOpen ? versions.close() : versions.open()),
+    delete: () => confirmAndDelete(room, title.toString()),
     new: () => newDocument(),
     import: () => $('import-file').click()
   }

@@ -152,7 +152,7 @@ const editRowTitle = (row, current, { onStart = () => {}, done }) => {
 }
 
 /** Ask, then delete `room` everywhere; resolves whether it was deleted. */
-const confirmAndDelete = async (room, title) => {
+export const confirmAndDelete = async (room, title) => {
   const shown = title.trim() || displayName(room)
   const sure = await confirmDialog({
     title: `Delete “${shown}”?`,
