@@ -193,7 +193,7 @@ class Collab:
             self.rooms, self.admission,
             Limits(max_send_buffer=settings.max_send_buffer, keepalive=settings.keepalive,
                    max_message_rate=settings.max_message_rate, message_burst=settings.message_burst,
-                   flood_patience=settings.flood_patience),
+                   flood_patience=settings.flood_patience, presence_batch=settings.presence_batch),
         )
         self.polls = PollEndpoint(self.rooms, self.admission, PollLimits(
             max_body=settings.max_message_size, timeout=settings.poll_timeout,

@@ -336,6 +336,11 @@ class Settings:
         "are parsed, each broadcast framed once for every socket); asgi: uvicorn's protocol, every "
         "message through the ASGI events (what a host application's server does)",
         "COLLAB_WEBSOCKET_LAYER", websocket_layer, "LAYER")})
+    presence_batch: float = field(default=0.02, metadata={"option": Option(
+        "seconds a presence (cursor) update may wait to be written to a client together with "
+        "others, so that a busy room costs a system call per client per batch rather than per "
+        "move (with --websocket-layer direct; document updates never wait for it)",
+        "COLLAB_PRESENCE_BATCH", non_negative_float, "SECONDS")})
     durable_acks: bool = field(default=True, metadata={"option": Option(
         "echo each update back to its client once stored, for clients that ask with ?acks=1 "
         "(the editor's 'saved' status)",

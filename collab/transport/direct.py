@@ -23,8 +23,12 @@ they send through the ASGI path. ``--websocket-layer asgi`` sends every message 
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import OPEN
 
 from collab.transport.wsprotocol import WebSocketProtocol
@@ -64,8 +68,94 @@ class FrameCache:
         return framed
 
 
+class Mailbox:
+    """What uvicorn's protocol needs of its ``asyncio.Queue`` of ASGI events (``put_nowait``,
+    ``get``, ``empty``), in a fraction of its memory: a queue keeps four deques and an event
+    for the whole life of every connection (about 3 KiB), where this keeps a deque only while
+    events wait, which they rarely do once messages are handled inline."""
+
+    __slots__ = ("items", "loop", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[Any] | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        if self.items is None:
+            self.items = deque()
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self.items:
+            waiter = self.waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                if self.waiter is waiter:
+                    self.waiter = None
+        item = self.items.popleft()
+        if not self.items:
+            self.items = None
+        return item
+
+    def empty(self) -> bool:
+        return not self.items
+
+
+class Flag:
+    """What uvicorn's protocol needs of its ``asyncio.Event`` ``writable`` (``set``, ``clear``,
+    ``is_set``, ``wait``), without a deque of waiters per connection: there is at most one
+    writer waiting, and usually none."""
+
+    __slots__ = ("loop", "value", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.value = True
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self.value
+
+    def set(self) -> None:
+        self.value = True
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self.value = False
+
+    async def wait(self) -> None:
+        if self.value:
+            return
+        waiter = self.loop.create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self.waiters is not None and waiter in self.waiters:
+                self.waiters.remove(waiter)
+
+
 class DirectWebSocketProtocol(WebSocketProtocol):
-    """uvicorn's sans-I/O WebSocket protocol with the endpoint's short cuts (module docstring)."""
+    """uvicorn's sans-I/O WebSocket protocol with the endpoint's short cuts (module docstring),
+    and less memory per connection (:class:`Mailbox`, :class:`Flag`, the handshake's headers
+    dropped once accepted)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Mailbox(self.loop)  # type: ignore[assignment]
+        self.writable = Flag(self.loop)  # type: ignore[assignment]
 
     on_message: Callable[[bytes], bool] | None = None
     """Handles one binary message at once; returns False to have it queued for the ASGI
@@ -82,6 +172,15 @@ class DirectWebSocketProtocol(WebSocketProtocol):
         if not handler(data):
             self.frames = [data]
             super().send_receive_event_to_app()
+
+    def forget_handshake(self) -> None:
+        """Drop the handshake's request and response headers, which the connection does not
+        read again once accepted: a socket may live for hours. (The request is emptied in
+        place: the ``websockets`` parser keeps it for the life of the connection.)"""
+        if self.handshake_complete:
+            self.request.headers.clear()
+            self.response.headers.clear()
+            self.request = self.response = None  # type: ignore[assignment]
 
     @property
     def direct_send(self) -> bool:

@@ -39,6 +39,8 @@ log = logging.getLogger("collab.ws")
 PATH_PREFIX = "/ws/"
 CLOSE_FRAME_TIMEOUT = 10.0
 """Seconds a close frame may wait for a socket that is not writable (uvicorn's close timeout)."""
+GATHER_MAX = 64 * 1024
+"""Bytes gathered for one socket past which they are written at once."""
 KEEPALIVE_FRAME = protocol.encode_awareness(protocol.encode_awareness_payload([]))
 """An awareness update with no entries: a no-op for every client, but a message."""
 
@@ -77,6 +79,9 @@ class Limits:
     """Messages a client may send at once above the rate."""
     flood_patience: float = 10.0
     """Seconds a client may be held to the rate without a break before it is closed (4429)."""
+    presence_batch: float = 0.02
+    """Seconds a presence update may wait to be written to a socket together with others
+    (direct layer; document updates wait only for the end of the loop's tick)."""
 
 
 _connection_ids = (f"{os.getpid():x}.{n:x}" for n in itertools.count(1))
@@ -103,8 +108,8 @@ class WebSocketPeer:
     and keepalives come from one sweeper for all peers.
     """
 
-    __slots__ = ("close_request", "direct", "drain_task", "endpoint", "gone", "last_sent", "queue",
-                 "queued_bytes", "reader_task", "send_event")
+    __slots__ = ("close_request", "direct", "drain_task", "endpoint", "gone", "last_sent", "out",
+                 "out_bytes", "queue", "queued_bytes", "reader_task", "send_event")
 
     def __init__(self, send_event: Send, endpoint: WebSocketEndpoint,
                  reader_task: asyncio.Task[object],
@@ -115,6 +120,10 @@ class WebSocketPeer:
         self.direct = direct
         """The connection's protocol when frames may be written to it directly (else the
         ASGI send carries every frame)."""
+        self.out: list[bytes] | None = None
+        """Direct frames gathered for one write at the end of the loop's tick (or, for
+        presence alone, of the presence batch)."""
+        self.out_bytes = 0
         self.queue: deque[bytes] | None = None  # allocated while frames wait: most peers idle
         self.queued_bytes = 0
         self.drain_task: asyncio.Task[None] | None = None
@@ -129,12 +138,16 @@ class WebSocketPeer:
         traffic = self.endpoint.traffic
         traffic.messages_sent += 1
         traffic.sent_bytes += len(frame)
-        if self.drain_task is None:
-            if self.direct is not None:
-                self._write_now(frame)
-            else:
-                self._send_now(frame)
-            return
+        if self.direct is not None:
+            self._gather(frame)
+        elif self.drain_task is None:
+            self._send_now(frame)
+        else:
+            self._queue(frame)
+
+    def _queue(self, frame: bytes) -> None:
+        """Keep a frame behind a socket that stopped taking them, within the send buffer."""
+        assert self.drain_task is not None
         queue = self.queue
         if queue is None:
             queue = self.queue = deque()
@@ -148,20 +161,47 @@ class WebSocketPeer:
             self.close(codes.TRY_AGAIN.close, "client too slow: send buffer full, reconnect")
             self.drain_task.cancel()  # it may be stuck in a send the client never reads
 
-    def _write_now(self, frame: bytes) -> None:
-        """Write the frame, framed once per broadcast, while the socket takes it; else wait for
-        it in a drain task, as a blocked ASGI send would."""
+    def _gather(self, message: bytes) -> None:
+        """Frame the message (once per broadcast) and keep it for this socket's write at the
+        end of the tick: what one tick sends to a socket costs one system call. Presence may
+        wait a little longer (the endpoint's presence batch), so that a room full of moving
+        cursors costs each socket a write per batch rather than one per move."""
+        framed = self.endpoint.frames.frame(message)
+        if self.drain_task is not None:
+            self._queue(framed)
+            return
+        out = self.out
+        if out is None:
+            self.out = [framed]
+            self.out_bytes = len(framed)
+            self.endpoint.gathered(self, message[0] != protocol.MSG_AWARENESS)
+            return
+        out.append(framed)
+        self.out_bytes += len(framed)
+        if self.out_bytes >= GATHER_MAX:
+            self.flush()
+        elif message[0] != protocol.MSG_AWARENESS:
+            self.endpoint.flush_soon()
+
+    def flush(self) -> None:
+        """Write what was gathered, or have it wait in a drain task while the socket does not
+        take writes (as a blocked ASGI send would)."""
+        out = self.out
+        if out is None:
+            return
+        self.out = None
         direct = self.direct
         assert direct is not None
-        if not direct.open_for_messages():
+        if self.gone or not direct.open_for_messages():
             self.gone = True  # as the ASGI send would refuse it
             return
+        data = out[0] if len(out) == 1 else b"".join(out)
         if direct.writable.is_set():
-            direct.write_message(self.endpoint.frames.frame(frame))
+            direct.write_message(data)
             self.last_sent = time.monotonic()
             return
-        self.queue = deque((frame,))
-        self.queued_bytes = len(frame)
+        self.queue = deque((data,))
+        self.queued_bytes = len(data)
         self.drain_task = asyncio.get_running_loop().create_task(self._drain_direct(direct))
 
     async def _drain_direct(self, direct: DirectWebSocketProtocol) -> None:
@@ -173,9 +213,10 @@ class WebSocketPeer:
                 if not direct.open_for_messages():
                     self.gone = True
                     return
-                frame = queue.popleft()
-                self.queued_bytes -= len(frame)
-                direct.write_message(self.endpoint.frames.frame(frame))
+                data = queue[0] if len(queue) == 1 else b"".join(queue)
+                queue.clear()
+                self.queued_bytes = 0
+                direct.write_message(data)
                 self.last_sent = time.monotonic()
         finally:
             self.drain_task = None
@@ -227,6 +268,8 @@ class WebSocketPeer:
         slow client's close frame waits behind what its socket still holds: it should learn
         why (1013: reconnect) rather than see the connection drop, and waiting costs only
         the socket now that its queue is gone."""
+        if self.direct is not None:
+            self.flush()
         drain = self.drain_task
         if drain is not None:
             await asyncio.wait({drain}, timeout=5.0)  # never raises
@@ -268,9 +311,14 @@ class WebSocketEndpoint:
         self.peers: set[WebSocketPeer] = set()
         self.frames = FrameCache()
         """The framing of the last broadcast message, shared by every direct connection."""
+        self._gathering: list[WebSocketPeer] = []
+        self._flush: asyncio.Handle | None = None
+        self._flush_soon = False
         self._sweeper: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one connection, from admission to its close (one coroutine frame for its
+        whole life, so an idle connection holds as little as it can)."""
         try:
             name = document_from_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
             request = AccessRequest.from_scope(scope, name, "websocket")
@@ -279,85 +327,83 @@ class WebSocketEndpoint:
             self._count_refusal(refusal_reason(refused.status))
             await deny(scope, send, refused)
             return
+        document, acks = request.document, wants_acks(request)
         try:
-            await self._serve(scope, receive, send, request, access)
+            if (await receive())["type"] != "websocket.connect":
+                return
+            await send({"type": "websocket.accept"})
+            self.stats.accepted += 1
+            self.traffic.connections_accepted += 1
+            task = asyncio.current_task()
+            assert task is not None
+            logs.set_connection(display_name(document), next(_connection_ids))
+            log.debug("connected (%s)", access.mode)
+            protocol_ = _direct_protocol(receive, send)
+            direct = protocol_ if protocol_ is not None and protocol_.direct_send else None
+            peer = WebSocketPeer(send, self, task, direct)
+            # The handshake's headers are not read again; a socket that lives for hours should not
+            # keep them (about 1 KiB of every idle connection).
+            scope["headers"] = ()
+            if protocol_ is not None:
+                protocol_.forget_handshake()
+            self.peers.add(peer)
+            self._start_sweeper()
+            member: Member | None = None
+            held: Held | None = None
+            disconnect_code: int | None = None
+            try:
+                member = await self.rooms.join(document, peer, access, wants_acks=acks)
+                held = self.admission.hold(request, access, _Grant(self, peer, member))
+                limits, loop = self.limits, asyncio.get_running_loop()
+                bucket = TokenBucket(limits.max_message_rate, limits.message_burst,
+                                     limits.flood_patience, loop.time())
+                inline = None if protocol_ is None else _Inline(self, member, peer, bucket, protocol_)
+                # The read loop is inline: one coroutine frame less on every idle connection. With
+                # the direct protocol it only sees what the inline handler left to it (a client
+                # over its rate, a text frame) and the disconnect.
+                while peer.close_request is None:
+                    if inline is not None:
+                        inline.resume()
+                    message = await receive()
+                    if message["type"] != "websocket.receive":
+                        disconnect_code = message.get("code", 1005)  # websocket.disconnect
+                        if disconnect_code == codes.MESSAGE_TOO_LARGE.close:
+                            self.stats.messages_too_large += 1  # closed by the server's WebSocket layer
+                        break
+                    wait = inline.taken_wait() if inline is not None else None
+                    if wait is None:
+                        wait = bucket.take(loop.time())
+                    if wait:
+                        if bucket.flooding(loop.time()):
+                            self._flooded(peer)
+                            break
+                        self.stats.messages_throttled += 1
+                        await asyncio.sleep(wait)  # not reading meanwhile: the client is slowed down
+                    self._handle_frame(member, peer, message.get("bytes"), message.get("text"))
+            except DocumentDeleted:
+                self._refuse(peer, "deleted", codes.DOCUMENT_DELETED, DELETED_REASON)
+            except crdt.DamagedDocument as damage:  # counted and logged by the rooms
+                self._count_refusal("damaged")
+                peer.close(codes.DOCUMENT_DAMAGED.close,
+                           codes.close_reason(f"document damaged in the store: {damage.reason}"))
+            except asyncio.CancelledError:
+                if peer.close_request is None:
+                    raise
+                task.uncancel()  # cancelled by send() to drop a slow client: close it below
+            except Exception:
+                log.exception("room %r: connection failed", display_name(document))
+                peer.close(codes.INTERNAL_ERROR.close, "internal error")
+            finally:
+                self.admission.let_go(held)
+                if protocol_ is not None:
+                    protocol_.on_message = None
+                self.peers.discard(peer)
+                if member is not None:
+                    self.rooms.leave(member)
+            await peer.finish()
+            self._count_close(peer, disconnect_code)
         finally:
             access.release()
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, request: AccessRequest,
-                     access: Access) -> None:
-        if (await receive())["type"] != "websocket.connect":
-            return
-        await send({"type": "websocket.accept"})
-        self.stats.accepted += 1
-        self.traffic.connections_accepted += 1
-        task = asyncio.current_task()
-        assert task is not None
-        logs.set_connection(display_name(request.document), next(_connection_ids))
-        log.debug("connected (%s)", access.mode)
-        protocol_ = _direct_protocol(receive, send)
-        direct = protocol_ if protocol_ is not None and protocol_.direct_send else None
-        peer = WebSocketPeer(send, self, task, direct)
-        # The handshake's headers are not read again; a socket that lives for hours should not
-        # keep them (about 1 KiB of every idle connection).
-        scope["headers"] = ()
-        self.peers.add(peer)
-        self._start_sweeper()
-        member: Member | None = None
-        held: Held | None = None
-        disconnect_code: int | None = None
-        try:
-            member = await self.rooms.join(request.document, peer, access,
-                                           wants_acks=wants_acks(request))
-            held = self.admission.hold(request, access, _Grant(self, peer, member))
-            limits, loop = self.limits, asyncio.get_running_loop()
-            bucket = TokenBucket(limits.max_message_rate, limits.message_burst,
-                                 limits.flood_patience, loop.time())
-            inline = None if protocol_ is None else _Inline(self, member, peer, bucket, protocol_)
-            # The read loop is inline: one coroutine frame less on every idle connection. With
-            # the direct protocol it only sees what the inline handler left to it (a client
-            # over its rate, a text frame) and the disconnect.
-            while peer.close_request is None:
-                if inline is not None:
-                    inline.resume()
-                message = await receive()
-                if message["type"] != "websocket.receive":
-                    disconnect_code = message.get("code", 1005)  # websocket.disconnect
-                    if disconnect_code == codes.MESSAGE_TOO_LARGE.close:
-                        self.stats.messages_too_large += 1  # closed by the server's WebSocket layer
-                    break
-                wait = inline.taken_wait() if inline is not None else None
-                if wait is None:
-                    wait = bucket.take(loop.time())
-                if wait:
-                    if bucket.flooding(loop.time()):
-                        self._flooded(peer)
-                        break
-                    self.stats.messages_throttled += 1
-                    await asyncio.sleep(wait)  # not reading meanwhile: the client is slowed down
-                self._handle_frame(member, peer, message.get("bytes"), message.get("text"))
-        except DocumentDeleted:
-            self._refuse(peer, "deleted", codes.DOCUMENT_DELETED, DELETED_REASON)
-        except crdt.DamagedDocument as damage:  # counted and logged by the rooms
-            self._count_refusal("damaged")
-            peer.close(codes.DOCUMENT_DAMAGED.close,
-                       codes.close_reason(f"document damaged in the store: {damage.reason}"))
-        except asyncio.CancelledError:
-            if peer.close_request is None:
-                raise
-            task.uncancel()  # cancelled by send() to drop a slow client: close it below
-        except Exception:
-            log.exception("room %r: connection failed", display_name(request.document))
-            peer.close(codes.INTERNAL_ERROR.close, "internal error")
-        finally:
-            self.admission.let_go(held)
-            if protocol_ is not None:
-                protocol_.on_message = None
-            self.peers.discard(peer)
-            if member is not None:
-                self.rooms.leave(member)
-        await peer.finish()
-        self._count_close(peer, disconnect_code)
 
     def _flooded(self, peer: WebSocketPeer) -> None:
         self.stats.floods_closed += 1
@@ -409,6 +455,29 @@ class WebSocketEndpoint:
             closed = (disconnect_code or 1006, "client")
         self.traffic.closes[closed] = self.traffic.closes.get(closed, 0) + 1
         log.debug("closed with %d by the %s", *closed)
+
+    def gathered(self, peer: WebSocketPeer, urgent: bool) -> None:
+        """``peer`` has frames to write: at the end of this tick, or (only presence waits)
+        when the presence batch ends."""
+        self._gathering.append(peer)
+        if urgent or self.limits.presence_batch <= 0:
+            self.flush_soon()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.limits.presence_batch,
+                                                                self._write_gathered)
+
+    def flush_soon(self) -> None:
+        if not self._flush_soon:
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush = asyncio.get_running_loop().call_soon(self._write_gathered)
+            self._flush_soon = True
+
+    def _write_gathered(self) -> None:
+        self._flush, self._flush_soon = None, False
+        gathering, self._gathering = self._gathering, []
+        for peer in gathering:
+            peer.flush()
 
     def _start_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
