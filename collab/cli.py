@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import re
 import signal
@@ -192,6 +193,7 @@ def serve(args: argparse.Namespace) -> int:
                 return 3
             if settings.metrics_listen is not None:
                 log.info("/metrics on http://%s:%d only", *settings.metrics_listen)
+            _tune_collector()
             await Server(config).serve(sockets=sockets)
         return EXIT_NOT_STORED if collab.store.not_stored else 0
 
@@ -200,6 +202,21 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         for sock in sockets:
             sock.close()
+
+
+GC_YOUNG_THRESHOLD = 20_000
+"""Allocations between two collections of the youngest generation (Python's default: 700).
+Handling a message allocates a few dozen short-lived objects that reference counting frees;
+at the default the collector ran every few dozen messages for nothing (4 % of the CPU)."""
+
+
+def _tune_collector() -> None:
+    """Leave what the server made to start (modules, settings, the app) out of every
+    collection, and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 class StoreUnavailable(Exception):

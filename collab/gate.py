@@ -687,22 +687,33 @@ class Plan:
     """The structs of ``ready``, for the document's order (:mod:`collab.order`)."""
 
 
+_NO_TYPES: frozenset[tuple[int, int]] = frozenset()
+
+
 def plan(update: bytes, state: Mapping[int, int]) -> Plan:
     """Check ``update`` (raises :class:`InvalidUpdate`) and split it into what a document whose
     state vector is ``state`` can integrate now and what has to wait."""
     read = _read(update, state)
     clients = read.clients
     clocks: dict[int, int] = {}
-    if not any(c.checkpoints for c in clients):  # the usual case: everything it needs is there
+    # The usual case, without generators (it runs once per edit): everything it needs is there.
+    for c in clients:
+        if c.checkpoints:
+            break
+    else:
         changed = {}
+        structs = 0
         for c in clients:
+            structs += c.count
             if c.end_clock > state.get(c.client, 0):
                 changed[c.client] = clocks[c.client] = c.end_clock
-        if all(end <= clocks.get(client, state.get(client, 0))
-               for client, end in read.deletes_to.items()):
-            structs = sum(c.count for c in clients)
+        for client, end in read.deletes_to.items():
+            if end > clocks.get(client, state.get(client, 0)):
+                break
+        else:
             return Plan(update if clients or read.deletes_to else None, None, changed, (),
-                        frozenset(read.type_ids), tuple(read.parent_refs), structs,
+                        frozenset(read.type_ids) if read.type_ids else _NO_TYPES,
+                        tuple(read.parent_refs), structs,
                         _slices(update, read) if structs > SLICE else None, read.structs)
     cut = _simulate(clients, state, clocks)
     ds_cut = any(end > clocks.get(client, state.get(client, 0))

@@ -42,10 +42,17 @@ class ProtocolError(ValueError):
 # --- varints and length-prefixed fields -------------------------------------------------------
 
 
+_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
+
+
 def write_var_uint(value: int) -> bytes:
     """Encode a non-negative integer as a lib0 varuint (7 bits per byte, little end first)."""
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     if value < 0 or value > MAX_VAR_UINT:
         raise ValueError(f"varuint out of range: {value}")
+    if value < 0x4000:
+        return bytes((0x80 | (value & 0x7F), value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append(0x80 | (value & 0x7F))
@@ -56,6 +63,8 @@ def write_var_uint(value: int) -> bytes:
 
 def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
     """Decode a varuint at ``pos``; returns (value, next position)."""
+    if pos < len(data) and data[pos] < 0x80:  # most numbers of the protocol: one byte
+        return data[pos], pos + 1
     value = 0
     shift = 0
     for i in range(_MAX_VAR_UINT_BYTES):
@@ -188,8 +197,11 @@ def encode_sync_step2(update: bytes) -> bytes:
     return _SYNC_PREFIX[SYNC_STEP2] + write_var_bytes(update)
 
 
+_UPDATE_PREFIX = _SYNC_PREFIX[SYNC_UPDATE]
+
+
 def encode_sync_update(update: bytes) -> bytes:
-    return _SYNC_PREFIX[SYNC_UPDATE] + write_var_bytes(update)
+    return b"".join((_UPDATE_PREFIX, write_var_uint(len(update)), update))
 
 
 def encode_awareness(payload: bytes) -> bytes:

@@ -590,7 +590,8 @@ class Room:
             self._doc_version += 1
         if applied.update is not None:
             self.size_bound += len(applied.update)
-        self.size_bound += sum(len(change.update) for change in applied.released)
+        if applied.released:
+            self.size_bound += sum(len(change.update) for change in applied.released)
         if applied.waiting:
             self.refusals.held += 1
         return applied

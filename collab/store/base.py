@@ -198,6 +198,9 @@ class Store(ABC):
         self._wakeup = asyncio.Event()
         self._retry_now = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop the store was opened on (``asyncio.get_running_loop`` makes a system call
+        per call on Python 3.11, once per append otherwise)."""
         self._closing = False
         self._giving_up = False
         self.failing: Exception | None = None
@@ -217,7 +220,8 @@ class Store(ABC):
 
     async def open(self) -> None:
         await self._open()
-        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._loop = asyncio.get_running_loop()
+        self._writer = self._loop.create_task(self._write_loop(), name="store-writer")
         self.is_open = True
 
     async def close(self, timeout: float | None = 10.0) -> int:
@@ -261,7 +265,7 @@ class Store(ABC):
     # --- the interface ----------------------------------------------------------------------
 
     def append(self, name: str, update: bytes) -> asyncio.Future[int]:
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[int] = (self._loop or asyncio.get_running_loop()).create_future()
         if self._closing and not self.is_open:
             done.set_exception(StoreClosed("the store is closed"))
             return done
