@@ -94,10 +94,17 @@ class Server:
     """Keeps documents across a restart (has a store)."""
 
 
+COLLAB_LIMITS = ["--max-connections-per-address", "100000", "--max-connections-per-document", "2000"]
+"""Every client of the benchmark comes from 127.0.0.1 (the default allows 1,000 connections per
+address) and the big room holds 1,001 (the default per document is 1,000); every other limit
+keeps its default."""
+
+
 def _collab(extra: list[str]) -> Callable[[int, Path], list[str]]:
     def command(port: int, data: Path) -> list[str]:
         return [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--store", f"sqlite:///{data / 'collab.db'}", "--log-level", "warning", *extra]
+                "--store", f"sqlite:///{data / 'collab.db'}", "--log-level", "warning", *COLLAB_LIMITS,
+                *extra]
     return command
 
 
@@ -351,6 +358,12 @@ def _get(key: str) -> Callable[[dict[str, Any]], float | None]:
     return lambda r: r.get(key)
 
 
+def _cpu_per_delivery(r: dict[str, Any]) -> float | None:
+    """Server CPU per update delivered to another client (echoes to the writer not counted)."""
+    seconds, deliveries = r.get("server_cpu_seconds"), r.get("deliveries")
+    return seconds * 1e6 / deliveries if seconds is not None and deliveries else None
+
+
 def metrics(p: Profile) -> list[Metric]:
     made = [
         Metric("ramp", "sustained edits (p99 <= 100 ms, nothing lost)", "edits/s",
@@ -367,6 +380,7 @@ def metrics(p: Profile) -> list[Metric]:
             Metric(s, f"fixed {rate:,} edits/s: latency p99", "ms", _latency("p99")),
             Metric(s, f"fixed {rate:,} edits/s: server CPU", "% of a core", _get("server_cpu_percent")),
             Metric(s, f"fixed {rate:,} edits/s: server CPU per edit", "µs", _get("server_cpu_us_per_edit")),
+            Metric(s, f"fixed {rate:,} edits/s: server CPU per delivery", "µs", _cpu_per_delivery),
             Metric(s, f"fixed {rate:,} edits/s: server CPU per message sent", "µs",
                    _get("server_cpu_us_per_message")),
             Metric(s, f"fixed {rate:,} edits/s: generator CPU", "% of a core", _get("generator_cpu_percent"),
@@ -378,6 +392,7 @@ def metrics(p: Profile) -> list[Metric]:
             Metric(s, f"big room, {n:,} observers: latency p50", "ms", _latency("p50")),
             Metric(s, f"big room, {n:,} observers: latency p99", "ms", _latency("p99")),
             Metric(s, f"big room, {n:,} observers: server CPU", "% of a core", _get("server_cpu_percent")),
+            Metric(s, f"big room, {n:,} observers: server CPU per delivery", "µs", _cpu_per_delivery),
         ]
     made += [
         Metric("presence", f"presence storm ({p.presence_clients} clients): server CPU", "% of a core",
@@ -638,9 +653,11 @@ now: [performance.md](performance.md).
 
 ## The servers under test
 
-- **collab**: `python -m collab serve --store sqlite:///... --log-level warning` (default
-  settings: SQLite store with group commit, every limit on, uvloop and httptools as installed,
-  per-message compression off).
+- **collab**: `python -m collab serve --store sqlite:///... --log-level warning
+  --max-connections-per-address 100000 --max-connections-per-document 2000` (every client of the
+  benchmark comes from 127.0.0.1 and the big room holds 1,001; every other setting is the default:
+  SQLite store with group commit, the update gate and every other limit on, collab's own
+  WebSocket layer, uvloop and httptools as installed, per-message compression off).
 - **Reference server**: `@y/websocket-server` 0.1.1 from npm (`bench/node/package.json` and its
   lock), started as `HOST=127.0.0.1 PORT=... node bench/node/node_modules/@y/websocket-server/src/server.js`
   with no persistence, and with `YPERSISTENCE=<dir>` (y-leveldb) for the many-documents scenario.
