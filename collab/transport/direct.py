@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -91,7 +91,9 @@ class Mailbox:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def get(self) -> Any:
+    async def get(self, reader: WebSocketsSansIOProtocol | None = None) -> Any:
+        """The next event; with ``reader``, resume reading its transport once none is left
+        (what uvicorn's ``receive`` does after its queue's ``get``)."""
         while not self.items:
             waiter = self.waiter = self.loop.create_future()
             try:
@@ -102,6 +104,9 @@ class Mailbox:
         item = self.items.popleft()
         if not self.items:
             self.items = None
+            if reader is not None and reader.read_paused:
+                reader.read_paused = False
+                reader.transport.resume_reading()
         return item
 
     def empty(self) -> bool:
@@ -160,6 +165,11 @@ class DirectWebSocketProtocol(WebSocketProtocol):
     on_message: Callable[[bytes], bool] | None = None
     """Handles one binary message at once; returns False to have it queued for the ASGI
     receive instead. Set by the endpoint while nothing waits in the queue."""
+
+    def receive(self) -> Coroutine[Any, Any, Any]:  # type: ignore[override]
+        """uvicorn's ``receive``, as the mailbox's own coroutine: one coroutine frame less for
+        as long as a connection waits for its client."""
+        return self.queue.get(self)
 
     def send_receive_event_to_app(self) -> None:
         handler = self.on_message
