@@ -250,3 +250,17 @@ async def test_a_client_that_stops_reading_is_disconnected_not_buffered(
     assert writer.close_codes == [] and writer.connections == 1
     await writer.close()
     await newcomer.close()
+
+
+async def test_compressed_connections_converge(server_factory: ServerFactory) -> None:
+    """With per-message compression negotiated, each connection's frames are compressed for it
+    (collab's layer sends them through the ASGI path), and clients converge as without it."""
+    server = server_factory(args=["--per-message-deflate", "true"])
+    alice, bob = await connect(server, "doc"), await connect(server, "doc")
+    assert alice._ws is not None and alice._ws.protocol.extensions  # deflate was negotiated
+    await alice.insert("squeezed " * 50)
+    await bob.wait_text("squeezed " * 50)
+    await bob.insert("!")
+    await alice.wait_text("squeezed " * 50 + "!")
+    for client in (alice, bob):
+        await client.close()
