@@ -6,10 +6,14 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.servers import ServerProcess
+
+if TYPE_CHECKING:
+    from tests.services import PrivateRedis
 
 REQUIRE_SERVICES = os.environ.get("COLLAB_REQUIRE_SERVICES") == "1"
 
@@ -28,6 +32,25 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    """A fresh PostgreSQL database for a test module, dropped after it (a module that needs
+    one per test defines its own)."""
+    from tests.services import fresh_database  # services imports this module
+
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_server() -> Iterator[PrivateRedis]:
+    """A private redis-server of the test's own, which it may stop, pause or restart."""
+    from tests.services import private_redis
+
+    with private_redis() as server:
+        yield server
 
 
 @pytest.fixture(params=["direct", "asgi"])

@@ -17,7 +17,7 @@ from collab import crdt
 from tests.jsclient import js_clients, need_node
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
-from tests.services import PrivateRedis, fresh_database, private_redis
+from tests.services import PrivateRedis, fresh_database
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -198,12 +198,6 @@ def test_bad_requests_are_refused_with_the_reason_and_change_nothing(
     assert call("GET", server.http_url + "/api/docs/x")[0] == 404  # nothing was created
     listing = json.loads(call("GET", server.http_url + "/api/docs")[2])
     assert listing["documents"] == []
-
-
-@pytest.fixture
-def redis_server() -> Iterator[PrivateRedis]:
-    with private_redis() as redis:
-        yield redis
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from tests.metrics import scrape
 from tests.servers import ROOT, ServerProcess, free_port
-from tests.services import PrivateRedis, fresh_database, private_redis
+from tests.services import PrivateRedis, fresh_database
 from tests.test_browser import (  # noqa: F401
     RECONNECT_TIMEOUT_MS,
     Editor,
@@ -24,12 +24,6 @@ from tests.test_browser import (  # noqa: F401
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(150)]
-
-
-@pytest.fixture
-def redis_server() -> Iterator[PrivateRedis]:
-    with private_redis() as server:
-        yield server
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import asyncio
 import os
 import secrets
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -22,7 +22,7 @@ from collab.store.postgres import PostgresStore
 from tests.metrics import Scrape, scrape
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
-from tests.services import PrivateRedis, fresh_database, private_redis
+from tests.services import PrivateRedis
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(180)]
 
@@ -30,18 +30,6 @@ OUTAGE_DELIVERY = 20.0
 """An edit reaches the other instance within this while the bus is down: the hang is noticed
 within about 4 s (a ping after 1 s of silence, 3 s for its answer), a room reads the store
 every second; the rest is slack for a shared, loaded machine."""
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-def redis_server() -> Iterator[PrivateRedis]:
-    with private_redis() as server:
-        yield server
 
 
 async def metrics(servers: Sequence[ServerProcess]) -> list[Scrape]:

@@ -31,7 +31,7 @@ from tests.metrics import scrape
 from tests.pollclient import PollClient
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
-from tests.services import POSTGRES_URL, PrivateRedis, fresh_database, private_redis, wait_until
+from tests.services import POSTGRES_URL, PrivateRedis, fresh_database, wait_until
 from tests.test_room import RecordingPeer, joined, updates
 
 
@@ -298,12 +298,6 @@ async def test_sigterm_with_unstored_updates_waits_then_reports_them_and_fails(
 def database() -> Iterator[str]:
     with fresh_database() as url:
         yield url
-
-
-@pytest.fixture
-def redis_server() -> Iterator[PrivateRedis]:
-    with private_redis() as redis:
-        yield redis
 
 
 async def test_a_database_outage_under_two_instances_loses_nothing_and_acks_nothing_unstored(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from tests.embedded import Host, Sessions
 from tests.jsclient import js_clients
 from tests.pyclient import PyClient
 from tests.servers import free_port
-from tests.services import PrivateRedis, fresh_database, private_redis, wait_until
+from tests.services import PrivateRedis, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -130,18 +130,6 @@ async def test_documents_are_reachable_only_while_the_server_runs(tmp_path: Path
     with pytest.raises(RuntimeError, match="stopped"):
         async with server.edit("notes"):
             pass
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-def redis_server() -> Iterator[PrivateRedis]:
-    with private_redis() as server:
-        yield server
 
 
 @pytest.mark.redis

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -18,24 +18,12 @@ from tests.metrics import scrape
 from tests.pollclient import PollClient
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
-from tests.services import PrivateRedis, fresh_database, private_redis, wait_until
+from tests.services import PrivateRedis, wait_until
 from tests.test_poll import presence_seen
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(150)]
 
 ServerFactory = Callable[..., ServerProcess]
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-def redis_server() -> Iterator[PrivateRedis]:
-    with private_redis() as server:
-        yield server
 
 
 @pytest.fixture

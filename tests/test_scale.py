@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -25,25 +25,13 @@ from tests.jsclient import js_clients, need_node
 from tests.metrics import scrape
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
-from tests.services import PrivateRedis, fresh_database, private_redis
+from tests.services import PrivateRedis
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(150)]
 
 ServerFactory = Callable[..., ServerProcess]
 CONVERGE_TIMEOUT = 40.0
 """Long enough for a bus reconnection (backoff up to 5 s) plus the catch-up."""
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-def redis_server() -> Iterator[PrivateRedis]:
-    with private_redis() as server:
-        yield server
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -12,15 +12,8 @@ import pytest
 from collab import crdt
 from collab.store import open_store
 from collab.store.postgres import SCHEMA_VERSION, PostgresStore
-from tests.services import fresh_database
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 @pytest.fixture
