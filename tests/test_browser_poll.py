@@ -19,7 +19,7 @@ from tests.balancer import Balancer
 from tests.pyclient import PyClient
 from tests.servers import ServerProcess
 from tests.test_browser import SYNC_TIMEOUT_MS, Editor, browser, editors, wait_for_presence  # noqa: F401
-from tests.test_browser_scale import database, redis_server  # noqa: F401
+from tests.test_browser_scale import database  # noqa: F401
 from tests.test_poll import presence_seen
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(180)]
@@ -54,7 +54,7 @@ def background() -> Iterator[Background]:
 
 @pytest.fixture
 def instances(server_factory: Callable[..., ServerProcess], database: str,  # noqa: F811
-              redis_server: Any) -> list[ServerProcess]:  # noqa: F811
+              redis_server: Any) -> list[ServerProcess]:
     return [server_factory(database, args=["--redis", redis_server.url, "--poll-timeout", "2"])
             for _ in range(2)]
 
