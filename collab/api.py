@@ -240,13 +240,9 @@ class DocumentAPI:
     async def _name_version(self, request: Request, name: str, access: Access) -> Response:
         if self.versions is None:
             return PlainTextResponse("this server keeps no versions\n", status_code=404)
-        body = await self._body(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            asked = json.loads(body or b"{}")
-        except ValueError:
-            return _status(codes.BAD_REQUEST, 'the body must be JSON: {"label": "Before the review"}')
+        asked = await self._json_body(request, '{"label": "Before the review"}')
+        if isinstance(asked, Response):
+            return asked
         label = asked.get("label", "") if isinstance(asked, dict) else None
         if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
             return _status(codes.BAD_REQUEST, f"label must be a text of 1 to {MAX_LABEL} characters")
@@ -290,13 +286,9 @@ class DocumentAPI:
                       if self.admission.authorize is open_access
                       else "access here is decided by the host application, not by share links")
             return PlainTextResponse(reason + "\n", status_code=404)
-        body = await self._body(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            asked = json.loads(body or b"{}")
-        except ValueError:
-            return _status(codes.BAD_REQUEST, 'the body must be JSON: {"mode": "read", "ttl": 60}')
+        asked = await self._json_body(request, '{"mode": "read", "ttl": 60}')
+        if isinstance(asked, Response):
+            return asked
         if not isinstance(asked, dict):
             return _status(codes.BAD_REQUEST, 'the body must be a JSON object: {"mode": "read", "ttl": 60}')
         mode = asked.get("mode")
@@ -374,6 +366,16 @@ class DocumentAPI:
             return _refusal(refused)
         finally:
             access.release()
+
+    async def _json_body(self, request: Request, example: str) -> object:
+        """The request's JSON body (``{}`` when empty), or the response refusing it."""
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            return json.loads(body or b"{}")
+        except ValueError:
+            return _status(codes.BAD_REQUEST, f"the body must be JSON: {example}")
 
     async def _body(self, request: Request) -> bytes | Response:
         """The request body, refused with 413 past ``max_body`` without reading it all."""

@@ -198,17 +198,8 @@ class Rooms:
     def _discard(self, room: Room) -> None:
         """The document was deleted (here or elsewhere): close its clients and forget it."""
         room.deleted = True
-        self._open.discard(room.name)
-        self._fresh.discard(room.name)
         room.close_members(codes.DOCUMENT_DELETED.close, DELETED_REASON)
-        if self.rooms.get(room.name) is room:
-            del self.rooms[room.name]
-        eviction = self._evictions.pop(room.name, None)
-        if eviction is not None:
-            eviction.cancel()
-        leaving = asyncio.create_task(self._unsubscribe_quietly(room.name))
-        self._unsubscribing[room.name] = leaving
-        leaving.add_done_callback(lambda _task: self._unsubscribing.pop(room.name, None))
+        self._forget(room)
 
     def found_damaged(self, name: str, damage: crdt.DamagedDocument) -> None:
         """A document's stored updates include one the gate or the engine refuses: count it,
@@ -289,6 +280,10 @@ class Rooms:
         """A rebuild found the stored document damaged: the room (its members already closed)
         is forgotten, and the document refused like any found damaged on loading."""
         self.found_damaged(room.name, damage)
+        self._forget(room)
+
+    def _forget(self, room: Room) -> None:
+        """Drop a room that must not be served again as it is: no eviction, no subscription."""
         self._open.discard(room.name)
         self._fresh.discard(room.name)
         if self.rooms.get(room.name) is room:
