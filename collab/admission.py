@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from http.cookies import CookieError, SimpleCookie
+from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 
@@ -96,19 +98,30 @@ class AccessRequest:
     def from_scope(cls, scope: Mapping[str, Any], document: str, transport: str) -> AccessRequest:
         """The request an ASGI ``http`` or ``websocket`` scope describes. A repeated header or
         query parameter keeps its last value."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        # Header names are few and the same for every request: one string each for all the
+        # connections that hold their request (rechecks) rather than a copy per connection.
+        headers = {sys.intern(k.decode("latin-1").lower()): v.decode("latin-1")
+                   for k, v in scope.get("headers", ())}
+        query_string = scope.get("query_string", b"")
+        query = (dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+                 if query_string else _NOTHING)
         client = scope.get("client")
         return cls(document, transport, headers, _cookies(headers.get("cookie", "")), query,
                    tuple(client) if client else None)  # type: ignore[arg-type]
 
 
-def _cookies(header: str) -> dict[str, str]:
+_NOTHING: Mapping[str, str] = MappingProxyType({})
+"""No cookies, no query: shared by every request that has none."""
+
+
+def _cookies(header: str) -> Mapping[str, str]:
+    if not header:
+        return _NOTHING
     cookie = SimpleCookie()
     try:
         cookie.load(header)
     except CookieError:
-        return {}
+        return _NOTHING
     return {name: morsel.value for name, morsel in cookie.items()}
 
 
@@ -226,14 +239,29 @@ class ConnectionLimits:
         _count(self.by_document, document, 1)
         if address is not None:
             _count(self.by_address, address, 1)
+        return _LimitSlot(self, document, address)
 
-        def release() -> None:
-            self.total -= 1
-            _count(self.by_document, document, -1)
-            if address is not None:
-                _count(self.by_address, address, -1)
+    def give_back(self, document: str, address: str | None) -> None:
+        self.total -= 1
+        _count(self.by_document, document, -1)
+        if address is not None:
+            _count(self.by_address, address, -1)
 
-        return Slot(release)
+
+class _LimitSlot(Slot):
+    """A place in :class:`ConnectionLimits` (its fields rather than a closure: every open
+    connection holds one)."""
+
+    __slots__ = ("address", "document", "limits")
+
+    def __init__(self, limits: ConnectionLimits, document: str, address: str | None) -> None:
+        self.limits: ConnectionLimits | None = limits
+        self.document, self.address = document, address
+
+    def release(self) -> None:
+        limits, self.limits = self.limits, None
+        if limits is not None:
+            limits.give_back(self.document, self.address)
 
 
 def _count(counts: dict[str, int], key: str, delta: int) -> None:

@@ -1,14 +1,26 @@
 """The direct WebSocket layer's own parts: server frames, the frame cache, the lean queue and
-flag that stand in for uvicorn's asyncio.Queue and asyncio.Event."""
+flag that stand in for uvicorn's asyncio.Queue and asyncio.Event, the settings kept once per
+server and the keepalive pings from one timer."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+import uvicorn
+import websockets
 from websockets.frames import Frame, Opcode
 
-from collab.transport.direct import FRAME_CACHE_MAX, Flag, FrameCache, Mailbox, frame_binary
+from collab.transport.direct import (
+    FRAME_CACHE_MAX,
+    DirectWebSocketProtocol,
+    Flag,
+    FrameCache,
+    Mailbox,
+    frame_binary,
+)
+from tests.servers import free_port
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -65,3 +77,88 @@ async def test_the_flag_wakes_a_waiting_writer() -> None:
     flag.set()
     await asyncio.wait_for(waiter, 5)
     assert flag.waiters is None
+
+
+class _Echo:
+    """An ASGI app that accepts a WebSocket and echoes binary messages, remembering the
+    protocol that served it."""
+
+    def __init__(self) -> None:
+        self.protocols: list[DirectWebSocketProtocol] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        self.protocols.append(send.__self__)
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+
+
+async def _serve(app: _Echo, **config: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off", ws=DirectWebSocketProtocol, **config))
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(15):
+        while not server.started:
+            await asyncio.sleep(0.02)
+    return server, task, port
+
+
+async def _stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await asyncio.wait_for(task, 20)
+
+
+async def test_a_connection_keeps_few_attribute_names_and_a_second_server_its_own_settings() -> None:
+    """Instances of a class stay compact only while they use at most 29 attribute names in
+    all (CPython); uvicorn's settings are kept once per server on the class."""
+    first, second = _Echo(), _Echo()
+    served = [await _serve(first, ws_ping_interval=30.0), await _serve(second, ws_ping_interval=40.0)]
+    try:
+        for _server, _task, port in served:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/") as client:
+                await client.send(b"x")
+                assert await asyncio.wait_for(client.recv(), 5) == b"x"
+        a, b = first.protocols[0], second.protocols[0]
+        assert a.ping_interval == 30.0 and b.ping_interval == 40.0
+        assert a.config is not b.config and a.config.ws_ping_interval == 30.0
+        names = set(vars(a)) | set(vars(b))
+        assert len(names) <= 29, sorted(names)
+    finally:
+        for server, task, _port in served:
+            await _stop(server, task)
+
+
+async def test_keepalive_pings_a_client_that_answers_and_drops_one_that_does_not() -> None:
+    app = _Echo()
+    server, task, port = await _serve(app, ws_ping_interval=0.2, ws_ping_timeout=0.3)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/", ping_interval=None) as client:
+            await client.send(b"x")
+            assert await asyncio.wait_for(client.recv(), 5) == b"x"
+            protocol = app.protocols[0]
+            async with asyncio.timeout(10):
+                while protocol.last_ping_rtt == 0.0:  # the client answers the server's pings
+                    await asyncio.sleep(0.05)
+            first_ping = protocol.ping_sent_at
+            async with asyncio.timeout(10):
+                while protocol.ping_sent_at == first_ping:  # and is pinged again
+                    await asyncio.sleep(0.05)
+            await client.send(b"y")
+            assert await asyncio.wait_for(client.recv(), 5) == b"y"
+        # A client that completes the handshake and never answers a ping: dropped.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        received = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+        assert received[:1] == b"\x89"  # a ping came first, then the close after no pong
+        assert b"\x88" in received[6:]
+        writer.close()
+        assert len(app.protocols) == 2 and app.protocols[1].disconnected
+    finally:
+        await _stop(server, task)

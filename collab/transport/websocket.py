@@ -346,6 +346,7 @@ class WebSocketEndpoint:
             scope["headers"] = ()
             if protocol_ is not None:
                 protocol_.forget_handshake()
+            del scope  # this copy is the frame's alone: it would live as long as the socket
             self.peers.add(peer)
             self._start_sweeper()
             member: Member | None = None
