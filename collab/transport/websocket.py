@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
+from websockets.protocol import OPEN
 
 from collab import codes, crdt, logs, protocol
 from collab.admission import Access, AccessRequest, Admission, Held, Holder, Refused
@@ -120,9 +121,9 @@ class WebSocketPeer:
         self.direct = direct
         """The connection's protocol when frames may be written to it directly (else the
         ASGI send carries every frame)."""
-        self.out: list[bytes] | None = None
+        self.out: bytes | list[bytes] | None = None
         """Direct frames gathered for one write at the end of the loop's tick (or, for
-        presence alone, of the presence batch)."""
+        presence alone, of the presence batch): one frame, or a list of them."""
         self.out_bytes = 0
         self.queue: deque[bytes] | None = None  # allocated while frames wait: most peers idle
         self.queued_bytes = 0
@@ -133,17 +134,49 @@ class WebSocketPeer:
         """The connection refused a send: the client left, and its reader learns how."""
 
     def send(self, frame: bytes) -> None:
+        """Queue a message. A broadcast calls this once per receiver with the same bytes, so
+        the direct path does all of its work here, without further calls: the frame comes
+        from the endpoint's cache, and what one tick sends to a socket is gathered for one
+        write at its end (:meth:`WebSocketEndpoint._write_gathered`). Presence may wait a
+        little longer (the endpoint's presence batch), so that a room full of moving cursors
+        costs each socket a write per batch rather than one per move."""
         if self.close_request is not None or self.gone:
             return
-        traffic = self.endpoint.traffic
+        endpoint = self.endpoint
+        traffic = endpoint.traffic
         traffic.messages_sent += 1
         traffic.sent_bytes += len(frame)
-        if self.direct is not None:
-            self._gather(frame)
-        elif self.drain_task is None:
-            self._send_now(frame)
+        if self.direct is None:
+            if self.drain_task is None:
+                self._send_now(frame)
+            else:
+                self._queue(frame)
+            return
+        frames = endpoint.frames
+        framed = frames.framed if frame is frames.message else frames.frame(frame)
+        if self.drain_task is not None:
+            self._queue(framed)
+            return
+        out = self.out
+        if out is None:
+            self.out = framed  # one message: no list (most ticks send a socket one)
+            self.out_bytes = len(framed)
+            endpoint._gathering.append(self)
+            if frame[0] != protocol.MSG_AWARENESS:
+                if not endpoint._flush_soon:
+                    endpoint.flush_soon()
+            else:
+                endpoint.presence_waits()
+            return
+        if out.__class__ is bytes:
+            self.out = [out, framed]  # type: ignore[list-item]
         else:
-            self._queue(frame)
+            out.append(framed)  # type: ignore[union-attr]
+        self.out_bytes += len(framed)
+        if self.out_bytes >= GATHER_MAX:
+            self.flush()
+        elif frame[0] != protocol.MSG_AWARENESS and not endpoint._flush_soon:
+            endpoint.flush_soon()
 
     def _queue(self, frame: bytes) -> None:
         """Keep a frame behind a socket that stopped taking them, within the send buffer."""
@@ -161,28 +194,6 @@ class WebSocketPeer:
             self.close(codes.TRY_AGAIN.close, "client too slow: send buffer full, reconnect")
             self.drain_task.cancel()  # it may be stuck in a send the client never reads
 
-    def _gather(self, message: bytes) -> None:
-        """Frame the message (once per broadcast) and keep it for this socket's write at the
-        end of the tick: what one tick sends to a socket costs one system call. Presence may
-        wait a little longer (the endpoint's presence batch), so that a room full of moving
-        cursors costs each socket a write per batch rather than one per move."""
-        framed = self.endpoint.frames.frame(message)
-        if self.drain_task is not None:
-            self._queue(framed)
-            return
-        out = self.out
-        if out is None:
-            self.out = [framed]
-            self.out_bytes = len(framed)
-            self.endpoint.gathered(self, message[0] != protocol.MSG_AWARENESS)
-            return
-        out.append(framed)
-        self.out_bytes += len(framed)
-        if self.out_bytes >= GATHER_MAX:
-            self.flush()
-        elif message[0] != protocol.MSG_AWARENESS:
-            self.endpoint.flush_soon()
-
     def flush(self) -> None:
         """Write what was gathered, or have it wait in a drain task while the socket does not
         take writes (as a blocked ASGI send would)."""
@@ -195,7 +206,7 @@ class WebSocketPeer:
         if self.gone or not direct.open_for_messages():
             self.gone = True  # as the ASGI send would refuse it
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
+        data = out if out.__class__ is bytes else b"".join(out)  # type: ignore[arg-type]
         if direct.writable.is_set():
             direct.write_message(data)
             self.last_sent = time.monotonic()
@@ -457,11 +468,10 @@ class WebSocketEndpoint:
         self.traffic.closes[closed] = self.traffic.closes.get(closed, 0) + 1
         log.debug("closed with %d by the %s", *closed)
 
-    def gathered(self, peer: WebSocketPeer, urgent: bool) -> None:
-        """``peer`` has frames to write: at the end of this tick, or (only presence waits)
-        when the presence batch ends."""
-        self._gathering.append(peer)
-        if urgent or self.limits.presence_batch <= 0:
+    def presence_waits(self) -> None:
+        """A peer has only presence to write: at the end of the presence batch (or of this
+        tick, without a batch)."""
+        if self.limits.presence_batch <= 0:
             self.flush_soon()
         elif self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(self.limits.presence_batch,
@@ -475,10 +485,22 @@ class WebSocketEndpoint:
             self._flush_soon = True
 
     def _write_gathered(self) -> None:
+        """Write what every peer gathered. A broadcast's receivers come here together, so
+        the common case (an open, writable socket) is written here, without a call per
+        peer but the write; :meth:`WebSocketPeer.flush` takes every other case."""
         self._flush, self._flush_soon = None, False
         gathering, self._gathering = self._gathering, []
+        now = time.monotonic()
         for peer in gathering:
-            peer.flush()
+            out = peer.out
+            direct = peer.direct
+            if (out is None or direct is None or peer.gone or direct.close_sent
+                    or direct.disconnected or not direct.writable.value or direct.conn.state is not OPEN):
+                peer.flush()
+                continue
+            peer.out = None
+            direct.transport.write(out if out.__class__ is bytes else b"".join(out))  # type: ignore[arg-type]
+            peer.last_sent = now
 
     def _start_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
