@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from collab import crdt
@@ -39,7 +40,8 @@ EVENTS = ("document.created", "document.changed", "document.deleted", "document.
 class DocumentEvents:
     """What the rooms report as it happens; every method returns at once."""
 
-    def changed(self, name: str, update: bytes) -> None:
+    def changed(self, name: str, update: bytes, clients: AbstractSet[int]) -> None:
+        """``update`` was accepted; ``clients`` made its structs."""
         raise NotImplementedError
 
     def happened(self, event: str, name: str) -> None:
@@ -53,9 +55,9 @@ class AllEvents(DocumentEvents):
     def __init__(self, *parts: DocumentEvents) -> None:
         self.parts = parts
 
-    def changed(self, name: str, update: bytes) -> None:
+    def changed(self, name: str, update: bytes, clients: AbstractSet[int]) -> None:
         for part in self.parts:
-            part.changed(name, update)
+            part.changed(name, update, clients)
 
     def happened(self, event: str, name: str) -> None:
         for part in self.parts:
@@ -131,7 +133,7 @@ class ChangeNotifier(DocumentEvents):
     def active(self) -> bool:
         return bool(self.listeners)
 
-    def changed(self, name: str, update: bytes) -> None:
+    def changed(self, name: str, update: bytes, clients: AbstractSet[int]) -> None:
         """Note a change (called by the room for every update it accepted): two assignments
         and, for the first change of a window, one timer."""
         if not self.listeners:

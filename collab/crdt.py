@@ -17,7 +17,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pycrdt
 
@@ -41,6 +41,18 @@ MAX_WAITING_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")
 
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+
+
+def _raw_engine_usable() -> bool:
+    """Whether pycrdt's Rust document can be driven directly: a transaction, an update applied
+    in it, a commit. pycrdt's own ``Doc.apply_update`` wraps those in a Python transaction
+    object (a context manager, a lock check, an origins table), which cost more than the
+    engine's own work on a typing edit; older or newer releases without them use that."""
+    raw = getattr(pycrdt.Doc(), "_doc", None)
+    return all(hasattr(raw, name) for name in ("create_transaction", "apply_update", "observe"))
+
+
+_RAW_ENGINE = _raw_engine_usable()
 
 
 class EnginePanic(Exception):
@@ -70,6 +82,8 @@ class Change:
 
     update: bytes
     origin: Hashable
+    ranges: gate.Ranges
+    """Per client, the clocks [start, end) of the structs it integrated (the update's own)."""
 
 
 @dataclass(slots=True)
@@ -78,6 +92,9 @@ class Applied:
 
     update: bytes | None = None
     """What this update changed (None: nothing, being a duplicate or waiting)."""
+    ranges: gate.Ranges = field(default_factory=dict)
+    """Per client, the clocks [start, end) of the structs in ``update``, known from the plan
+    (so nobody reads the update again to learn them)."""
     released: list[Change] = field(default_factory=list)
     """Earlier updates that were waiting for this one, now integrated, in order."""
     waiting: bool = False
@@ -94,13 +111,14 @@ class _Waiting:
 class Document:
     """One Yjs document. Not thread-safe: use it from one thread (the event loop)."""
 
-    __slots__ = ("_clocks", "_damaged", "_doc", "_loading", "_order", "_produced",
+    __slots__ = ("_clocks", "_damaged", "_doc", "_loading", "_order", "_produced", "_raw",
                  "_subscription", "_types", "_waiting", "_waiting_bytes", "max_waiting_bytes")
 
     def __init__(self, *, max_waiting_bytes: int = MAX_WAITING_BYTES) -> None:
         self._doc = pycrdt.Doc()
+        self._raw: Any = self._doc._doc if _RAW_ENGINE else None
         self._produced: list[bytes] = []
-        self._subscription = self._doc.observe(self._on_transaction)
+        self._subscription = self._observe()
         self._clocks: dict[int, int] = {}
         """The engine's state vector, kept here so that planning an update costs no engine call."""
         self._types: set[tuple[int, int]] = set()
@@ -114,6 +132,30 @@ class Document:
 
     def _on_transaction(self, event: pycrdt.TransactionEvent) -> None:
         self._produced.append(event.update)
+
+    def _observe(self) -> Any:
+        if self._raw is not None:
+            return self._raw.observe(self._on_transaction)
+        return self._doc.observe(self._on_transaction)
+
+    def _unobserve(self) -> None:
+        if self._raw is not None:
+            self._subscription.drop()
+        else:
+            self._doc.unobserve(self._subscription)
+
+    def _engine_apply(self, update: bytes) -> None:
+        """The engine's ``apply_update`` (see :data:`_RAW_ENGINE`); failures propagate."""
+        raw = self._raw
+        if raw is None:
+            self._doc.apply_update(update)
+            return
+        txn = raw.create_transaction()
+        try:
+            raw.apply_update(txn, update)
+            txn.commit()
+        finally:
+            txn.drop()
 
     # --- applying updates -----------------------------------------------------------------
 
@@ -129,6 +171,7 @@ class Document:
         result = Applied(waiting=plan.held is not None)
         if plan.ready is not None:
             self._check_parents(plan)
+            result.ranges = self._ranges(plan)
             if plan.slices is not None and not self._loading:
                 result.update = self._apply_slices(plan)
             else:
@@ -160,7 +203,7 @@ class Document:
         ``whole`` (the name of the update at an index, for people) makes any refusal or engine
         failure a :class:`DamagedDocument` instead: what the store holds is all or nothing."""
         self._check_usable()
-        self._doc.unobserve(self._subscription)
+        self._unobserve()
         self._loading = True
         errors = []
         index = -1
@@ -181,7 +224,7 @@ class Document:
         finally:
             self._loading = False
             if self._damaged is None:
-                self._subscription = self._doc.observe(self._on_transaction)
+                self._subscription = self._observe()
         return errors
 
     def _apply_ready(self, plan: gate.Plan) -> bytes | None:
@@ -189,7 +232,7 @@ class Document:
         self._order.integrate(plan.items, check=not self._loading)  # refuses bad origins
         self._produced.clear()
         try:
-            self._doc.apply_update(plan.ready)
+            self._engine_apply(plan.ready)
         except _PASS_THROUGH:
             raise
         except BaseException as exc:
@@ -218,7 +261,7 @@ class Document:
         for part in plan.slices:
             self._produced.clear()
             try:
-                self._doc.apply_update(part)
+                self._engine_apply(part)
             except _PASS_THROUGH:
                 raise
             except BaseException as exc:
@@ -259,18 +302,24 @@ class Document:
                 except InvalidUpdate:
                     continue  # it can never be integrated; its sender resends what it has
                 if plan.ready is not None:
+                    ranges = self._ranges(plan)
                     try:
                         produced = self._apply_ready(plan)
                     except InvalidUpdate:
                         continue  # inconsistent origins: it can never be integrated
                     if produced is not None:
-                        released.append(Change(produced, entry.origin))
+                        released.append(Change(produced, entry.origin, ranges))
                     moved = moved or bool(plan.clocks)
                 if plan.held is not None:
                     entries.append(_Waiting(plan.held, entry.origin, plan.waits_for))
                     if counted:
                         self._waiting_bytes += len(plan.held)
         return released
+
+    def _ranges(self, plan: gate.Plan) -> gate.Ranges:
+        """The clocks integrating ``plan`` adds, before it is integrated."""
+        clocks = self._clocks
+        return {client: (clocks.get(client, 0), end) for client, end in plan.clocks.items()}
 
     def _check_parents(self, plan: gate.Plan) -> None:
         """An item may name only a shared type as its parent; the engine refuses any other

@@ -643,6 +643,10 @@ def _slices(update: bytes, read: _Read) -> list[bytes]:
     return out
 
 
+Ranges = Mapping[int, tuple[int, int]]
+"""Per client, the clocks [start, end) of the structs in an update."""
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateInfo:
     """What an update holds, as far as the document that receives it cares."""

@@ -205,11 +205,7 @@ def _retrieve(future: asyncio.Future[object]) -> None:
         future.exception()
 
 
-Ranges = Mapping[int, tuple[int, int]]
-"""Per client, the clocks [start, end) of the structs in an update."""
-
-
-def _advance(clocks: dict[int, int], ranges: Ranges) -> None:
+def _advance(clocks: dict[int, int], ranges: gate.Ranges) -> None:
     """Extend a per-client prefix by ``ranges`` where they continue it (a range that starts
     past the prefix leaves a gap, which a prefix cannot record)."""
     for client, (start, end) in ranges.items():
@@ -217,7 +213,7 @@ def _advance(clocks: dict[int, int], ranges: Ranges) -> None:
             clocks[client] = end
 
 
-def _covered(clocks: Mapping[int, int], ranges: Ranges) -> bool:
+def _covered(clocks: Mapping[int, int], ranges: gate.Ranges) -> bool:
     return all(clocks.get(client, 0) >= end for client, (_start, end) in ranges.items())
 
 
@@ -259,9 +255,9 @@ class Room:
         """Set when a rebuild found the stored document damaged: the room is not used again."""
         self.on_damaged: Callable[[crdt.DamagedDocument], None] | None = None
         """Called then (its members are closed already)."""
-        self.on_changed: Callable[[str, bytes], None] | None = None
-        """Told of every change this room accepted itself (not of those heard from elsewhere):
-        change notifications, which only note it here."""
+        self.on_changed: Callable[[str, bytes, AbstractSet[int]], None] | None = None
+        """Told of every change this room accepted itself (not of those heard from elsewhere),
+        with the clients whose structs it holds: change notifications, which only note it here."""
         self._catching_up: asyncio.Task[int] | None = None
         self._from_store: tuple[int | None, AbstractSet[int]] = (None, frozenset())
         """What this document holds of the store: the snapshot version applied and the log
@@ -602,11 +598,11 @@ class Room:
         for change in applied.released:
             self._broadcast(protocol.encode_sync_update(change.update), exclude=None)
             if change.origin == FROM_CLIENT:
-                committed = self._append(change.update, None)
+                committed = self._append(change.update, None, change.ranges)
                 committed.add_done_callback(_retrieve)
                 self.bus.publish(self.name, Kind.UPDATE, change.update, durable=committed)
                 if self.on_changed is not None:
-                    self.on_changed(self.name, change.update)
+                    self.on_changed(self.name, change.update, change.ranges.keys())
 
     def _integrate_elsewhere(self, update: bytes) -> bool:
         """An update heard on the bus or read from the store: broadcast what it changed.
@@ -666,7 +662,7 @@ class Room:
                           protocol.encode_sync_update(crdt.merge([update])))
             self._released(applied)
             return
-        frame, committed = self._share(produced, exclude=member)
+        frame, committed = self._share(produced, applied.ranges, exclude=member)
         if acks:
             self._ack(member, committed, frame)
         self._released(applied)
@@ -700,7 +696,7 @@ class Room:
         return self._append(missing, member, everything)
 
     def _append(self, update: bytes, member: Member | None,
-                ranges: Ranges | None = None) -> asyncio.Future[int]:
+                ranges: gate.Ranges | None = None) -> asyncio.Future[int]:
         """Append to the store, keeping this room's record of what the store holds."""
         if ranges is None:
             ranges = gate.inspect(update).clocks
@@ -712,7 +708,7 @@ class Room:
         committed.add_done_callback(lambda done: self._on_stored(done, ranges, member))
         return committed
 
-    def _on_stored(self, done: asyncio.Future[int], ranges: Ranges, member: Member | None) -> None:
+    def _on_stored(self, done: asyncio.Future[int], ranges: gate.Ranges, member: Member | None) -> None:
         if member is not None:
             member.unstored -= 1
         if done.cancelled() or done.exception() is not None:
@@ -738,19 +734,21 @@ class Room:
             self._engine_failed(panic)
             raise Refused(codes.TRY_AGAIN, "the document is being rebuilt; try again") from None
         committed = (self._stored_with(update, None) if applied.update is None
-                     else self._share(applied.update, exclude=None)[1])
+                     else self._share(applied.update, applied.ranges, exclude=None)[1])
         self._released(applied)
         return committed
 
-    def _share(self, produced: bytes, *, exclude: Member | None) -> tuple[bytes, asyncio.Future[int]]:
-        """What the engine produced from a writer's update: to the members, the store, the bus."""
+    def _share(self, produced: bytes, ranges: gate.Ranges, *,
+               exclude: Member | None) -> tuple[bytes, asyncio.Future[int]]:
+        """What the engine produced from a writer's update (``ranges``, its clocks): to the
+        members, the store, the bus."""
         self.stats.updates_applied += 1
         frame = protocol.encode_sync_update(produced)
         self._broadcast(frame, exclude=exclude)
-        committed = self._append(produced, exclude)
+        committed = self._append(produced, exclude, ranges)
         self.bus.publish(self.name, Kind.UPDATE, produced, durable=committed)
         if self.on_changed is not None:
-            self.on_changed(self.name, produced)
+            self.on_changed(self.name, produced, ranges.keys())
         return frame, committed
 
     def close_members(self, code: int, reason: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,13 +188,13 @@ class Rooms:
         self.damaged.pop(name, None)
         return await self.store.revive(name)
 
-    def _changed(self, name: str, update: bytes) -> None:
+    def _changed(self, name: str, update: bytes, clients: AbstractSet[int]) -> None:
         """A room accepted a change (see :attr:`Room.on_changed`)."""
         assert self.events is not None
         if name in self._fresh:
             self._fresh.discard(name)
             self.events.happened("document.created", name)
-        self.events.changed(name, update)
+        self.events.changed(name, update, clients)
 
     def _discard(self, room: Room) -> None:
         """The document was deleted (here or elsewhere): close its clients and forget it."""

@@ -22,10 +22,11 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from collab import crdt, gate
+from collab import crdt
 from collab.changes import DocumentEvents
 from collab.store import Store
 from collab.store.base import VersionInfo
@@ -114,11 +115,11 @@ class Versioner(DocumentEvents):
 
     # --- the room's hook ------------------------------------------------------------------
 
-    def changed(self, name: str, update: bytes) -> None:
+    def changed(self, name: str, update: bytes, clients: AbstractSet[int]) -> None:
         """A room accepted ``update`` from one of its clients (or the document API). Called
         inside the room's handling of the update: it must not fail, whatever it finds."""
         try:
-            self._note(name, update)
+            self._note(name, clients)
         except Exception:
             log.exception("versions: a change of %r was not noted", name)
 
@@ -126,14 +127,10 @@ class Versioner(DocumentEvents):
         if event == "document.deleted":
             self.bursts.forget(name)
 
-    def _note(self, name: str, update: bytes) -> None:
+    def _note(self, name: str, clients: AbstractSet[int]) -> None:
         burst = self.bursts.edited(name, time.monotonic())
         room = self.rooms.rooms.get(name) if self.rooms is not None else None
         if room is None:
-            return
-        try:
-            clients = gate.inspect(update).clocks.keys()
-        except gate.InvalidUpdate:  # the room applied it, so this does not happen
             return
         for client in clients - burst.clients:
             presence = room.presence.get(client)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from collab import crdt, gate
 from collab.gate import _write_uint as uint
+from collab.order import Order
 
 FIRST_CHAR = 0x4E00
 """Every inserted character is a distinct CJK one (one UTF-16 unit): the engine's text then
@@ -272,3 +273,73 @@ def test_an_item_with_concurrent_items_between_its_origins_passes() -> None:
     with pytest.raises(crdt.InvalidUpdate) as refused:  # right origin y: x precedes y in its
         doc.apply(update(4, 0, item((1, 0), (5, 1), "L")))  # client, so its maker knew x
     assert refused.value.reason == "origins" and doc.text() == text
+
+
+class _GeneralOrder(Order):
+    """An order that always takes the general path."""
+
+    __slots__ = ()
+
+    def _extends_run(self, struct: gate.Struct) -> bool:
+        return False
+
+
+def _runs(order: Order) -> dict[int, list[tuple[int, int, bool]]]:
+    return {client: [(run.clock, run.length, run.gc) for run in runs]
+            for client, runs in order._runs.items()}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations, st.permutations([3, 1_000_000, 2**40]))
+def test_typing_takes_the_short_path_to_the_same_order(
+        ops: list[tuple[str, int, int, int, int]], client_ids: list[int]) -> None:
+    """The short path for typing (an item after its client's last one) leaves the order, its
+    runs and their labels' order exactly as the general path does."""
+    replicas = [Replica(c) for c in client_ids]
+    sent: list[bytes] = []
+    for op, a, b, index, length in ops:
+        if op == "insert":
+            sent.append(replicas[a].insert(index, "x" * length))
+        elif op == "delete":
+            deleted = replicas[a].delete(index, length)
+            if deleted is not None:
+                sent.append(deleted)
+        elif op in ("sync", "serve") and a != b:
+            replicas[b].apply(replicas[a].diff(replicas[b]))
+    short, general = Order(), _GeneralOrder()
+    state: dict[int, int] = {}
+    for data in sent:
+        plan = gate.plan(data, state)
+        if plan.ready is None:
+            continue  # waits for another writer's changes: never handed to an order
+        state.update(plan.clocks)
+        short.integrate(plan.items)
+        general.integrate(plan.items)
+    assert list(short.items("text")) == list(general.items("text"))
+    assert _runs(short) == _runs(general)
+
+
+def test_typing_after_an_item_with_another_right_origin_is_checked() -> None:
+    """Only an item whose right origin is still its run's right neighbour grows the run at
+    once; one that names another right origin is checked as any other."""
+    base, x, y = (Replica(1).insert(0, "abcdef"), update(2, 0, item((1, 2), (1, 3), "X")),
+                  update(2, 1, item((2, 0), (1, 3), "Y")))
+    order, state = Order(), {}
+    for data in (base, x, y):
+        plan = gate.plan(data, state)
+        state.update(plan.clocks)
+        if data is y:
+            assert order._extends_run(plan.items[0])  # the short path took it
+        else:
+            order.integrate(plan.items)
+    doc = crdt.Document()
+    for data in (base, x, y):
+        doc.apply(data)
+    assert doc.text() == "abcXYdef"
+    assert _runs(doc._order) == _runs(order)
+    assert _runs(doc._order)[2] == [(0, 2, False)]
+    for right in ((1, 1), (1, 4)):  # left of its origin; past d, which its maker knew
+        with pytest.raises(crdt.InvalidUpdate) as refused:
+            doc.apply(update(2, 2, item((2, 1), right, "Z")))
+        assert refused.value.reason == "origins"
+    assert doc.text() == "abcXYdef"

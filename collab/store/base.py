@@ -481,6 +481,11 @@ class Store(ABC):
             while self._queue and not self._giving_up:
                 if await self._commit(self._head()):
                     delay = RETRY_FIRST
+                    if self._queue and not self._backlogged():
+                        # What arrived during the commit waits out a window too: under a
+                        # steady stream, one commit per window instead of one per arrival.
+                        self._wakeup.set()
+                        break
                     continue
                 # Refused: the same head again after the backoff (or at once when closing).
                 self._retry_now.clear()
@@ -488,6 +493,10 @@ class Store(ABC):
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._retry_now.wait(), delay)
                 delay = min(delay * 2, self.retry_max)
+
+    def _backlogged(self) -> bool:
+        """More waits than one transaction writes: the next commit starts at once."""
+        return len(self._queue) >= MAX_BATCH_UPDATES or self._queued_bytes >= MAX_BATCH_BYTES
 
     def _head(self) -> list[PendingAppend]:
         """The oldest unstored appends, as many as one transaction writes (at least one)."""
