@@ -697,6 +697,12 @@ _NO_TYPES: frozenset[tuple[int, int]] = frozenset()
 def plan(update: bytes, state: Mapping[int, int]) -> Plan:
     """Check ``update`` (raises :class:`InvalidUpdate`) and split it into what a document whose
     state vector is ``state`` can integrate now and what has to wait."""
+    typed = _plan_typing(update, state)
+    return typed if typed is not None else _plan_read(update, state)
+
+
+def _plan_read(update: bytes, state: Mapping[int, int]) -> Plan:
+    """:func:`plan` for any update, by the general reader."""
     read = _read(update, state)
     clients = read.clients
     clocks: dict[int, int] = {}
@@ -730,6 +736,63 @@ def plan(update: bytes, state: Mapping[int, int]) -> Plan:
         return Plan(update if clients or read.deletes_to else None, None, changed, (), types, refs,
                     structs, _slices(update, read) if structs > SLICE else None, read.structs)
     return _split(update, read, state, clocks, cut, changed, types, refs, structs)
+
+
+def _plan_typing(data: bytes, state: Mapping[int, int]) -> Plan | None:
+    """:func:`plan` for what typing sends, read by the same rules in a straight line: one
+    client, one string item with origins, right after that client's last clock, every origin
+    present. None for any other update (or anything this would have to refuse): the general
+    reader then decides, with its reasons."""
+    if data[:2] != b"\x01\x01" or len(data) < 8:
+        return None
+    client, pos = _client(data, 2)
+    clock, pos = _uint(data, pos)
+    if pos >= len(data):
+        return None
+    info = data[pos]
+    if info & 0x1F != _STRING or not info & _ID_BITS or clock != state.get(client, 0):
+        return None
+    pos += 1
+    origin = right_origin = None
+    if info & _HAS_ORIGIN:
+        ref_client, pos = _client(data, pos)
+        ref_clock, pos = _uint(data, pos)
+        if _absent(client, clock, ref_client, ref_clock, state):
+            return None
+        origin = (ref_client, ref_clock)
+    if info & _HAS_RIGHT_ORIGIN:
+        ref_client, pos = _client(data, pos)
+        ref_clock, pos = _uint(data, pos)
+        if _absent(client, clock, ref_client, ref_clock, state):
+            return None
+        right_origin = (ref_client, ref_clock)
+    start, pos = _bytes(data, pos)
+    raw = data[start:pos]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    length = len(text) if len(text) == len(raw) else len(text.encode("utf-16-le")) // 2
+    end_clock = clock + length
+    if length == 0 or end_clock >= MAX_CLOCK:
+        return None
+    deletes_to = _read_delete_set(data, pos)
+    for deleting, end in deletes_to.items():
+        if end > (end_clock if deleting == client else state.get(deleting, 0)):
+            return None
+    return Plan(data, None, {client: end_clock}, (), _NO_TYPES, (), 1, None,
+                [Struct(client, clock, length, _STRING, origin, right_origin, None, None, None)])
+
+
+def _absent(client: int, clock: int, ref_client: int, ref_clock: int,
+            state: Mapping[int, int]) -> bool:
+    """A reference :func:`_plan_typing` leaves to the general reader: one it would refuse, or
+    one ``state`` does not hold."""
+    if ref_clock >= MAX_CLOCK:
+        return True
+    if ref_client == client:
+        return ref_clock >= clock
+    return state.get(ref_client, 0) <= ref_clock
 
 
 def _simulate(clients: list[_Client], state: Mapping[int, int], clocks: dict[int, int]) -> dict[int, int]:

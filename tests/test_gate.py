@@ -403,3 +403,53 @@ def test_a_large_update_goes_in_slices_whatever_order_its_clients_come_in() -> N
     reference.apply_update(update)
     assert doc.text() == str(reference.get("text", type=pycrdt.Text))
     assert crdt.document_from([applied.update]).text() == doc.text()
+
+
+def _typing(seed: int) -> tuple[dict[int, int], list[bytes]]:
+    """A writer's typing (at a cursor that now and then jumps, with backspaces), and what the
+    server holds before its last edit."""
+    rng = random.Random(seed)
+    other, writer = crdt.Document(), crdt.Document()
+    writer.apply(other.edit_text(0, "shared text"))
+    cursor, sent = 0, []
+    for _ in range(rng.randint(1, 12)):
+        length = len(writer.text())
+        if rng.random() < 0.2:
+            cursor = rng.randint(0, length)
+        removed = min(cursor, rng.choice([0, 0, 0, 1, 3]))
+        cursor -= removed
+        cursor = min(cursor, length - removed)
+        token = rng.choice(["a", "bc", "[1:23]", "é"])
+        text = writer.text()  # the engine counts UTF-8 bytes
+        at = len(text[:cursor].encode())
+        update = writer.edit_text(at, token, len(text[:cursor + removed].encode()) - at)
+        assert update is not None
+        sent.append(update)
+        cursor += len(token)
+    server = crdt.Document()
+    server.apply(other.full_state())
+    for update in sent[:-1]:
+        server.apply(update)
+    return server.clocks(), sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32), st.booleans())
+def test_the_short_path_for_typing_plans_as_the_general_reader(seed: int, mutated: bool) -> None:
+    """What typing sends is planned in a straight line; that plan is the general reader's, and
+    whatever the straight line does not take (or would refuse) goes to the general reader."""
+    state, sent = _typing(seed)
+    update = _mutate(sent[-1], random.Random(seed)) if mutated else sent[-1]
+    try:
+        general: gate.Plan | InvalidUpdate = gate._plan_read(update, state)
+    except InvalidUpdate as exc:
+        general = exc
+    try:
+        typed = gate._plan_typing(update, state)
+    except InvalidUpdate as exc:
+        assert isinstance(general, InvalidUpdate) and exc.reason == general.reason
+        return
+    if typed is None:
+        assert mutated or len(gate.structs(update)) != 1 or update[:2] != b"\x01\x01"
+        return
+    assert typed == general
