@@ -53,6 +53,9 @@ class Burst:
     """Names in the order they first edited (a dict as an ordered set)."""
     clients: set[int] = field(default_factory=set)
     """Yjs client ids already named (their presence is read once per burst)."""
+    unnamed: dict[int, int] = field(default_factory=dict)
+    """Yjs client id -> the clock of its presence, read and found without a name (read again
+    only once it changes)."""
 
 
 class Bursts:
@@ -134,10 +137,14 @@ class Versioner(DocumentEvents):
             return
         for client in clients - burst.clients:
             presence = room.presence.get(client)
-            person = presence_name(presence.entry.state) if presence is not None else None
-            if person is not None:  # else: asked again at its next change
-                burst.clients.add(client)
-                burst.authors.setdefault(person, None)
+            if presence is None or burst.unnamed.get(client) == presence.entry.clock:
+                continue  # asked again at its next change
+            person = presence_name(presence.entry.state)
+            if person is None:
+                burst.unnamed[client] = presence.entry.clock
+                continue
+            burst.clients.add(client)
+            burst.authors.setdefault(person, None)
 
     # --- the shell ------------------------------------------------------------------------
 
