@@ -282,6 +282,8 @@ RECHECK_CONCURRENCY = 16
 class Holder:
     """What holds an admitted connection open (a transport), told what a recheck found."""
 
+    __slots__ = ()  # a holder lives as long as its connection: no dictionary of its own
+
     def withdrawn(self, refused: Refused) -> None:
         """The access is gone: close the connection with ``refused.close_code``."""
         raise NotImplementedError

@@ -36,6 +36,8 @@ from websockets.protocol import OPEN
 
 from collab.transport.wsprotocol import WebSocketProtocol
 
+SCOPE_KEPT = ("type", "path", "client", "server")
+"""What an accepted connection's scope keeps once the endpoint has read it."""
 FRAME_CACHE_MAX = 64 * 1024
 """Messages up to this size keep their last framing for the next receiver (a broadcast); a
 larger one (a document's step 2 to one joiner) is framed each time and not kept."""
@@ -338,7 +340,12 @@ class DirectWebSocketProtocol(WebSocketProtocol):
             self.request.headers.clear()
             self.response.headers.clear()
             self.request = self.response = None  # type: ignore[assignment]
-            self.scope["headers"] = ()  # the endpoint's scope is a copy of this one
+            # uvicorn reads its scope again only before the handshake (to log it); the app's
+            # frames keep it for the connection's life, so it keeps only what says what it is.
+            scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+            kept = {key: scope[key] for key in SCOPE_KEPT if key in scope}
+            scope.clear()  # frees its table, which deleting keys one by one would not
+            scope.update(kept)
 
     @property
     def direct_send(self) -> bool:
