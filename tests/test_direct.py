@@ -12,6 +12,7 @@ import uvicorn
 import websockets
 from websockets.frames import Frame, Opcode
 
+from collab import Collab, Settings, codes
 from collab.transport.direct import (
     FRAME_CACHE_MAX,
     DirectWebSocketProtocol,
@@ -20,6 +21,7 @@ from collab.transport.direct import (
     Mailbox,
     frame_binary,
 )
+from tests.pyclient import PyClient
 from tests.servers import free_port
 
 
@@ -96,7 +98,7 @@ class _Echo:
             await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
 
 
-async def _serve(app: _Echo, **config: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+async def _serve(app: Any, **config: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off", ws=DirectWebSocketProtocol, **config))
@@ -162,3 +164,49 @@ async def test_keepalive_pings_a_client_that_answers_and_drops_one_that_does_not
         assert len(app.protocols) == 2 and app.protocols[1].disconnected
     finally:
         await _stop(server, task)
+
+
+def _connection_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks of uvicorn's that serve a WebSocket (one per connection while the app runs)."""
+    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "").endswith("run_asgi")]
+
+
+async def test_an_idle_connection_holds_no_task_and_is_served_and_closed_as_before() -> None:
+    """As ``collab serve`` runs it: its app straight under uvicorn, with this protocol."""
+    collab = Collab(Settings(store="memory://", log_level="warning"))
+    clients: list[PyClient] = []
+    async with collab.lifespan():
+        server, task, port = await _serve(collab.app)  # type: ignore[arg-type]
+        try:
+            await _served_without_tasks(collab, f"ws://127.0.0.1:{port}/ws", clients)
+        finally:
+            for c in clients:
+                await c.close()
+            await _stop(server, task)
+
+
+async def _served_without_tasks(collab: Collab, url: str, clients: list[PyClient]) -> None:
+    clients += [await PyClient(url, "idle", reconnect=False, acks=False).start()
+                for _ in range(5)]
+    await clients[0].insert("hello")
+    for c in clients:
+        await c.wait_text("hello")
+    sockets = collab.sockets
+    assert len(sockets.peers) == 5 and _connection_tasks() == []  # no task per connection
+    await clients[1].close()  # a client leaves: its member leaves the room
+    async with asyncio.timeout(10):
+        while len(sockets.peers) > 4:
+            await asyncio.sleep(0.02)
+    await clients[2].send_raw("text")  # refused as on the read loop: closed with its code
+    assert await clients[2].wait_closed() == codes.TEXT_FRAME.close
+    await clients[3].insert(" world")
+    await clients[0].wait_text("hello world")
+    sockets.close_all(codes.SERVICE_RESTART.close, "restarting")  # the server closes them
+    for c in (clients[0], clients[3], clients[4]):
+        assert await c.wait_closed() == codes.SERVICE_RESTART.close
+    async with asyncio.timeout(10):
+        while sockets.peers or collab.admission.limits.total:  # type: ignore[union-attr]
+            await asyncio.sleep(0.02)
+    closes = sockets.traffic.closes
+    assert closes[(codes.SERVICE_RESTART.close, "server")] == 3
+    assert closes[(codes.TEXT_FRAME.close, "server")] == 1

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
 from websockets.protocol import OPEN
@@ -314,6 +315,28 @@ class DirectWebSocketProtocol(WebSocketProtocol):
     on_message: Callable[[bytes], bool] | None = None
     """Handles one binary message at once; returns False to have it queued for the ASGI
     receive instead. Set by the endpoint while nothing waits in the queue."""
+
+    detached = False
+    """The endpoint took the connection over (its events go to its handler, set as
+    :attr:`queue`): the app returning does not close it."""
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, except that a detached connection stays open when the app returns."""
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not self.detached:
+            self.transport.close()
 
     def receive(self) -> Coroutine[Any, Any, Any]:  # type: ignore[override]
         """uvicorn's ``receive``, as the mailbox's own coroutine: one coroutine frame less for

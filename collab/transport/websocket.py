@@ -109,15 +109,18 @@ class WebSocketPeer:
     and keepalives come from one sweeper for all peers.
     """
 
-    __slots__ = ("close_request", "direct", "drain_task", "endpoint", "gone", "last_sent", "out",
-                 "out_bytes", "queue", "queued_bytes", "reader_task", "send_event")
+    __slots__ = ("close_request", "detached", "direct", "drain_task", "endpoint", "gone",
+                 "last_sent", "out", "out_bytes", "queue", "queued_bytes", "reader_task",
+                 "send_event")
 
     def __init__(self, send_event: Send, endpoint: WebSocketEndpoint,
                  reader_task: asyncio.Task[object],
                  direct: DirectWebSocketProtocol | None = None) -> None:
         self.send_event = send_event
         self.endpoint = endpoint
-        self.reader_task = reader_task
+        self.reader_task: asyncio.Task[object] | None = reader_task
+        self.detached: _Inline | None = None
+        """The connection's handler once its task has ended (:meth:`_Inline.detach`)."""
         self.direct = direct
         """The connection's protocol when frames may be written to it directly (else the
         ASGI send carries every frame)."""
@@ -254,8 +257,11 @@ class WebSocketPeer:
             self.close_request = (code, close_reason(reason))
             # Its reader may be waiting for the client to speak: wake it (once: a second
             # cancellation would interrupt the close frame).
+            if self.detached is not None:
+                self.detached.closing()
+                return
             reader = self.reader_task
-            if reader is not asyncio.current_task() and not reader.cancelling():
+            if reader is not None and reader is not asyncio.current_task() and not reader.cancelling():
                 reader.cancel()
 
     async def _drain(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
@@ -363,6 +369,7 @@ class WebSocketEndpoint:
             member: Member | None = None
             held: Held | None = None
             disconnect_code: int | None = None
+            detached = False
             try:
                 member = await self.rooms.join(document, peer, access, wants_acks=acks)
                 held = self.admission.hold(request, access, _Grant(self, peer, member))
@@ -370,6 +377,12 @@ class WebSocketEndpoint:
                 bucket = TokenBucket(limits.max_message_rate, limits.message_burst,
                                      limits.flood_patience, loop.time())
                 inline = None if protocol_ is None else _Inline(self, member, peer, bucket, protocol_)
+                if inline is not None and peer.close_request is None:
+                    # The connection goes on without this task (nor the frames of uvicorn's
+                    # and the app's coroutines, about 2 KiB): its handler takes its events.
+                    inline.detach(access, held)
+                    detached = True
+                    return
                 # The read loop is inline: one coroutine frame less on every idle connection. With
                 # the direct protocol it only sees what the inline handler left to it (a client
                 # over its rate, a text frame) and the disconnect.
@@ -406,16 +419,34 @@ class WebSocketEndpoint:
                 log.exception("room %r: connection failed", display_name(document))
                 peer.close(codes.INTERNAL_ERROR.close, "internal error")
             finally:
-                self.admission.let_go(held)
-                if protocol_ is not None:
-                    protocol_.on_message = None
-                self.peers.discard(peer)
-                if member is not None:
-                    self.rooms.leave(member)
+                if not detached:
+                    self.admission.let_go(held)
+                    if protocol_ is not None:
+                        protocol_.on_message = None
+                    self.peers.discard(peer)
+                    if member is not None:
+                        self.rooms.leave(member)
             await peer.finish()
             self._count_close(peer, disconnect_code)
         finally:
-            access.release()
+            if not detached:
+                access.release()
+
+    async def _end_detached(self, connection: _Inline, disconnect_code: int | None) -> None:
+        """What the read loop does after it, for a detached connection: leave the room, send
+        what is queued and the close frame, count the close, give the slot back."""
+        peer = connection.peer
+        try:
+            if disconnect_code == codes.MESSAGE_TOO_LARGE.close:
+                self.stats.messages_too_large += 1  # closed by the server's WebSocket layer
+            self.admission.let_go(connection.held)
+            self.peers.discard(peer)
+            self.rooms.leave(connection.member)
+            await peer.finish()
+            self._count_close(peer, disconnect_code)
+        finally:
+            if connection.access is not None:
+                connection.access.release()
 
     def _flooded(self, peer: WebSocketPeer) -> None:
         self.stats.floods_closed += 1
@@ -538,7 +569,8 @@ class _Inline:
     message that has to wait for the rate goes to the read loop through the ASGI queue, and
     so do the ones after it until the queue is empty again (their order is kept)."""
 
-    __slots__ = ("bucket", "context", "endpoint", "held_wait", "loop", "member", "peer", "protocol")
+    __slots__ = ("access", "bucket", "context", "endpoint", "held", "held_wait", "loop", "member",
+                 "peer", "pending", "protocol", "state", "timer")
 
     def __init__(self, endpoint: WebSocketEndpoint, member: Member, peer: WebSocketPeer,
                  bucket: TokenBucket, protocol_: DirectWebSocketProtocol) -> None:
@@ -548,6 +580,109 @@ class _Inline:
         self.context = contextvars.copy_context()
         """The connection's task context: its log lines name the document and connection."""
         self.held_wait: float | None = None
+        self.access: Access | None = None
+        self.held: Held | None = None
+        self.pending: deque[dict[str, Any]] | None = None
+        """Events waiting for the rate (detached; allocated only while one waits)."""
+        self.timer: asyncio.Handle | None = None
+        self.state = "attached"
+        """``attached`` (the read loop runs), ``detached`` or ``ending``."""
+
+    # --- detached: the connection without a task ---------------------------------------------
+
+    def detach(self, access: Access, held: Held | None) -> None:
+        """Take the connection's events from the protocol from now on, as its queue, so that
+        the endpoint's task can end: an idle connection then holds no task and no coroutine.
+        Events queued meanwhile (during the join) are handled first, in order."""
+        self.access, self.held, self.state = access, held, "detached"
+        self.peer.detached = self
+        self.peer.reader_task = None
+        protocol_ = self.protocol
+        waiting = protocol_.queue
+        protocol_.queue = self  # type: ignore[assignment]
+        protocol_.detached = True
+        while not waiting.empty():
+            self.put_nowait(waiting.items.popleft())  # type: ignore[union-attr]
+        if self.state == "detached" and not self.pending:
+            self._resume_reading()
+
+    def empty(self) -> bool:
+        """As the protocol's queue: whether nothing waits."""
+        return not self.pending
+
+    def put_nowait(self, event: dict[str, Any]) -> None:
+        """An event the protocol would have queued for the ASGI receive: a message the inline
+        handler left (over the rate), a text message, or the disconnect."""
+        if self.state != "detached":
+            return  # ending: as the read loop, which no longer reads
+        if self.pending is None:
+            if event["type"] == "websocket.disconnect":
+                self._end(event.get("code", 1005))
+                return
+            self.pending = deque()
+        self.pending.append(event)
+        if self.timer is None:  # handled from the loop, as the read loop's task would be
+            self.timer = self.loop.call_soon(self._next)
+
+    def _next(self) -> None:
+        """Handle what waits, in order, each under the rate (the read loop's steps, with a timer
+        for its sleep); then handle messages inline again."""
+        self.timer = None
+        pending, bucket, endpoint, peer = self.pending, self.bucket, self.endpoint, self.peer
+        while pending and self.state == "detached":
+            event = pending[0]
+            if event["type"] == "websocket.disconnect":
+                self._end(event.get("code", 1005))
+                return
+            now = self.loop.time()
+            wait, self.held_wait = self.held_wait, None
+            if wait is None:
+                wait = bucket.take(now)
+            if wait:
+                if bucket.flooding(now):
+                    self.context.run(endpoint._flooded, peer)
+                    return
+                endpoint.stats.messages_throttled += 1
+                self.held_wait = 0.0  # its token is taken: it goes once the wait is over
+                self.timer = self.loop.call_later(wait, self._next)
+                return
+            pending.popleft()
+            try:
+                self.context.run(endpoint._handle_frame, self.member, peer, event.get("bytes"),
+                                 event.get("text"))
+            except Exception:
+                self.context.run(log.exception, "room %r: connection failed",
+                                 display_name(self.member.room.name))
+                peer.close(codes.INTERNAL_ERROR.close, "internal error")
+        if self.state == "detached":
+            self.pending = None
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        protocol_ = self.protocol
+        protocol_.on_message = self.handle
+        if protocol_.read_paused:
+            protocol_.read_paused = False
+            protocol_.transport.resume_reading()
+
+    def closing(self) -> None:
+        """The server closes the connection (its peer was closed)."""
+        if self.state == "detached":
+            self._end(None)
+
+    def _end(self, disconnect_code: int | None) -> None:
+        self.state = "ending"
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.pending = None
+        protocol_ = self.protocol
+        protocol_.on_message = None
+        task = self.loop.create_task(self.endpoint._end_detached(self, disconnect_code),
+                                     context=self.context)
+        tasks = protocol_.tasks  # uvicorn waits for these at shutdown, as for its own
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def resume(self) -> None:
         """Handle messages inline again, once nothing waits for the read loop."""
