@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import pycrdt
@@ -86,19 +87,25 @@ class Change:
     """Per client, the clocks [start, end) of the structs it integrated (the update's own)."""
 
 
-@dataclass(slots=True)
-class Applied:
-    """The result of :meth:`Document.integrate`."""
+_NO_RANGES: gate.Ranges = MappingProxyType({})
 
-    update: bytes | None = None
-    """What this update changed (None: nothing, being a duplicate or waiting)."""
-    ranges: gate.Ranges = field(default_factory=dict)
-    """Per client, the clocks [start, end) of the structs in ``update``, known from the plan
-    (so nobody reads the update again to learn them)."""
-    released: list[Change] = field(default_factory=list)
-    """Earlier updates that were waiting for this one, now integrated, in order."""
-    waiting: bool = False
-    """Part of this update waits for changes the document does not have yet."""
+
+class Applied:
+    """The result of :meth:`Document.integrate` (a plain slotted class: one is made per edit,
+    and its empty defaults are shared)."""
+
+    __slots__ = ("ranges", "released", "update", "waiting")
+
+    def __init__(self, *, waiting: bool = False) -> None:
+        self.update: bytes | None = None
+        """What this update changed (None: nothing, being a duplicate or waiting)."""
+        self.ranges: gate.Ranges = _NO_RANGES
+        """Per client, the clocks [start, end) of the structs in ``update``, known from the
+        plan (so nobody reads the update again to learn them)."""
+        self.released: Sequence[Change] = ()
+        """Earlier updates that were waiting for this one, now integrated, in order."""
+        self.waiting = waiting
+        """Part of this update waits for changes the document does not have yet."""
 
 
 @dataclass(slots=True)
@@ -170,7 +177,8 @@ class Document:
                                 f"{self._waiting_bytes} bytes already wait for theirs", "waiting")
         result = Applied(waiting=plan.held is not None)
         if plan.ready is not None:
-            self._check_parents(plan)
+            if plan.parent_refs:
+                self._check_parents(plan)
             result.ranges = self._ranges(plan)
             if plan.slices is not None and not self._loading:
                 result.update = self._apply_slices(plan)
@@ -230,19 +238,21 @@ class Document:
     def _apply_ready(self, plan: gate.Plan) -> bytes | None:
         assert plan.ready is not None
         self._order.integrate(plan.items, check=not self._loading)  # refuses bad origins
-        self._produced.clear()
+        produced = self._produced
+        produced.clear()
         try:
             self._engine_apply(plan.ready)
         except _PASS_THROUGH:
             raise
         except BaseException as exc:
             raise self._mark_damaged(_panic("applying an update", exc)) from exc
-        finally:
-            produced, self._produced = self._produced, []
         self._clocks.update(plan.clocks)
-        self._types |= plan.type_ids
+        if plan.type_ids:
+            self._types |= plan.type_ids
         if self._loading:
             return None
+        if len(produced) == 1 and produced[0] != EMPTY_UPDATE:  # the usual case
+            return produced[0]
         produced = [u for u in produced if u != EMPTY_UPDATE]
         if not produced:
             if plan.clocks:  # the engine took structs in without reporting them: never again
