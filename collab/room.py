@@ -286,7 +286,13 @@ class Room:
         """Apply what the store holds, whole: raises :class:`crdt.DamagedDocument` (and changes
         nothing) when the gate or the engine refuses a stored update, rather than serve a part
         of the document as if it were all of it."""
-        self.doc = self._loaded_document(stored)
+        pristine = self.doc if self._doc_version == 0 else None  # loaded into: one engine less
+        try:
+            self.doc = self._loaded_document(stored, pristine)
+        except crdt.DamagedDocument:
+            if pristine is not None:
+                self.doc = crdt.Document()
+            raise
         self.durable = self.doc.clocks()
         self._queued = dict(self.durable)
         self.size_bound = sum(len(update) for update in stored.updates)
@@ -301,8 +307,9 @@ class Room:
         self.history = History()
         self._from_store = (None, frozenset())
 
-    def _loaded_document(self, stored: StoredDocument) -> crdt.Document:
-        doc = stored.document()
+    def _loaded_document(self, stored: StoredDocument,
+                         into: crdt.Document | None = None) -> crdt.Document:
+        doc = stored.document(into)
         if doc.waiting:
             log.warning("room %r: %d stored updates wait for changes the store does not have",
                         self.name, doc.waiting)

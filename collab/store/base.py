@@ -65,10 +65,11 @@ class StoredDocument:
         at = index - self.snapshot
         return f"log entry {self.positions[at]}" if at < len(self.positions) else f"update {index}"
 
-    def document(self) -> crdt.Document:
+    def document(self, into: crdt.Document | None = None) -> crdt.Document:
         """The document these updates make, whole: raises :class:`crdt.DamagedDocument` naming
-        the first stored update the gate or the engine refuses, rather than a part of it."""
-        doc = crdt.Document()
+        the first stored update the gate or the engine refuses, rather than a part of it.
+        ``into``: an empty document to load them into (left damaged on that error)."""
+        doc = into if into is not None else crdt.Document()
         doc.load(self.updates, whole=self.describe)
         return doc
 
