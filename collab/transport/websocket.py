@@ -331,6 +331,10 @@ class WebSocketEndpoint:
         self._gathering: list[WebSocketPeer] = []
         self._flush: asyncio.Handle | None = None
         self._flush_soon = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the latest connection: scheduling the end-of-tick write through it
+        saves asking asyncio for the running loop once per tick (a getpid() system call on
+        Python 3.11)."""
         self._sweeper: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -374,6 +378,7 @@ class WebSocketEndpoint:
                 member = await self.rooms.join(document, peer, access, wants_acks=acks)
                 held = self.admission.hold(request, access, _Grant(self, peer, member))
                 limits, loop = self.limits, asyncio.get_running_loop()
+                self._loop = loop
                 bucket = TokenBucket(limits.max_message_rate, limits.message_burst,
                                      limits.flood_patience, loop.time())
                 inline = None if protocol_ is None else _Inline(self, member, peer, bucket, protocol_)
@@ -512,7 +517,7 @@ class WebSocketEndpoint:
         if not self._flush_soon:
             if self._flush is not None:
                 self._flush.cancel()
-            self._flush = asyncio.get_running_loop().call_soon(self._write_gathered)
+            self._flush = (self._loop or asyncio.get_running_loop()).call_soon(self._write_gathered)
             self._flush_soon = True
 
     def _write_gathered(self) -> None:
