@@ -427,7 +427,8 @@ class Document:
 
     def edit_text(self, index: int, insert: str = "", delete: int = 0,
                   field: str = TEXT_FIELD) -> bytes | None:
-        """A local edit (used by tools and tests); returns the update it produced."""
+        """A local edit (used by tools and tests); returns the update it produced. ``index``
+        and ``delete`` count UTF-8 bytes, as the engine does (see ``documents._offset``)."""
         self._check_usable()
         self._produced.clear()
         try:

@@ -265,7 +265,7 @@ def import_(args: argparse.Namespace) -> int:
     if current and not args.replace:
         raise Problem(f"{args.name!r} already has {len(current)} characters: --replace replaces its "
                       "text (collaborators see the change), or import a Yjs update to merge")
-    update = doc.edit_text(0, insert=text, delete=len(current))
+    update = doc.edit_text(0, insert=text, delete=len(current.encode("utf-8")))  # engine: bytes
     documents.apply(args.name, update or crdt.EMPTY_UPDATE, recreate=True)
     print(f"collab: {args.name!r} now holds {len(text)} characters", file=sys.stderr)
     return 0

@@ -135,6 +135,7 @@ def test_documents_through_a_running_server_and_through_the_store(tmp_path: Path
         over = collab("import", "notes", str(tmp_path / "other.txt"), *via)
         assert over.returncode == 1 and "--replace" in over.stderr
         assert collab("import", "notes", str(tmp_path / "other.txt"), "--replace", *via).returncode == 0
+        assert collab("export", "notes", *via).stdout == "other"  # all of the old text replaced
         listing = collab("ls", "--json", *via)
         assert [d["name"] for d in json.loads(listing.stdout)] == ["notes"]
         assert collab("rm", "notes", *via).returncode == 0
