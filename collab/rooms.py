@@ -230,8 +230,8 @@ class Rooms:
         if room is not None:
             return room
         unsubscribing = self._unsubscribing.get(name)
-        if unsubscribing is not None:  # an evicted room is still leaving the bus
-            await asyncio.shield(unsubscribing)
+        if unsubscribing is not None and not unsubscribing.done():  # an evicted room is still
+            await asyncio.shield(unsubscribing)                      # leaving the bus
             return await self.get(name)
         loading = self._loading.get(name)
         if loading is None:
@@ -294,7 +294,8 @@ class Rooms:
             eviction.cancel()
         leaving = asyncio.create_task(self._unsubscribe_quietly(room.name))
         self._unsubscribing[room.name] = leaving
-        leaving.add_done_callback(lambda _task: self._unsubscribing.pop(room.name, None))
+        leaving.add_done_callback(lambda task: self._unsubscribing.pop(room.name, None)
+                                  if self._unsubscribing.get(room.name) is task else None)
 
     async def _evict_later(self, room: Room) -> None:
         try:
@@ -323,7 +324,8 @@ class Rooms:
         try:
             await asyncio.shield(leaving)
         finally:
-            self._unsubscribing.pop(room.name, None)
+            if self._unsubscribing.get(room.name) is leaving:
+                del self._unsubscribing[room.name]
 
     async def _unsubscribe_quietly(self, name: str) -> None:
         try:

@@ -245,6 +245,21 @@ async def test_concurrent_joins_load_the_room_once(store: Store) -> None:
     assert members[0].room.doc.text() == "stored"
 
 
+async def test_a_join_right_after_an_eviction_left_the_bus_loads_the_room(store: Store) -> None:
+    """The eviction's unsubscribe is done but the evicting task has not yet dropped its record
+    of it (its next step is still to run): a join then loads the room at once."""
+    rooms = Rooms(store, LocalBus(), idle_seconds=60)
+
+    async def nothing() -> None:
+        return None
+
+    left = asyncio.create_task(nothing())
+    await left
+    rooms._unsubscribing["r"] = left
+    member = await asyncio.wait_for(rooms.join("r", RecordingPeer(), WRITE), 5)
+    assert rooms.rooms["r"] is member.room
+
+
 async def test_an_idle_room_is_flushed_compacted_and_evicted(store: Store) -> None:
     rooms = Rooms(store, LocalBus(), idle_seconds=0.01)
     member = await rooms.join("r", RecordingPeer(), WRITE)
