@@ -5,6 +5,8 @@ server and the keepalive pings from one timer."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from collab.transport.direct import (
     Mailbox,
     frame_binary,
 )
+from collab.transport.guard import GuardedHttpToolsProtocol, RequestGuard
 from tests.pyclient import PyClient
 from tests.servers import free_port
 
@@ -210,3 +213,29 @@ async def _served_without_tasks(collab: Collab, url: str, clients: list[PyClient
     closes = sockets.traffic.closes
     assert closes[(codes.SERVICE_RESTART.close, "server")] == 3
     assert closes[(codes.TEXT_FRAME.close, "server")] == 1
+
+
+async def test_an_upgraded_connection_leaves_no_http_protocol_for_the_cyclic_collector() -> None:
+    """Once the WebSocket layer has the connection, the guarded HTTP protocol is freed by
+    reference counting alone: left to the cyclic collector, a storm of connections made it
+    traverse every one of them (and their parsers) twice."""
+    made: list[weakref.ref[GuardedHttpToolsProtocol]] = []
+
+    class Recording(RequestGuard):
+        def protocol(self, *args: Any, **kwargs: Any) -> GuardedHttpToolsProtocol:
+            protocol = super().protocol(*args, **kwargs)
+            made.append(weakref.ref(protocol))
+            return protocol
+
+    app = _Echo()
+    server, task, port = await _serve(app, http=Recording().protocol)
+    gc.disable()
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/") as client:
+            await client.send(b"x")
+            assert await asyncio.wait_for(client.recv(), 5) == b"x"
+            assert made and all(ref() is None for ref in made)
+            assert app.protocols[0].open_for_messages()
+    finally:
+        gc.enable()
+        await _stop(server, task)
