@@ -166,3 +166,23 @@ def test_loadtest_cleanup_deletes_the_documents_it_created(server: ServerProcess
     assert "cleanup deleted 3 documents named lt-" in result.stderr
     listing = json.loads(collab("ls", "--json", "--server", server.http_url).stdout)
     assert [d["name"] for d in listing] == ["keep-me"]
+
+
+def test_serve_collects_the_young_generations_less_often_and_full_collections_as_ever() -> None:
+    """The thresholds ``collab serve`` sets: a full collection stays within a few million
+    allocations of the last one (Python's defaults: 700 x 11 x 11, about 85,000)."""
+    import gc
+
+    from collab import cli
+
+    saved = gc.get_threshold()
+    try:
+        cli._tune_collector()
+        young, middle, old = gc.get_threshold()
+        assert (young, middle, old) == (cli.GC_YOUNG_THRESHOLD, cli.GC_MIDDLE_THRESHOLD, cli.GC_OLD_THRESHOLD)
+        assert middle > saved[1]  # the middle generation is collected less often than by default
+        assert young * (middle + 1) * (old + 1) <= 5_000_000
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
