@@ -208,6 +208,15 @@ def _string(data: bytes, pos: int) -> tuple[str, int]:
         raise InvalidUpdate("a string that is not UTF-8", "utf8") from None
 
 
+def _text_length(raw: bytes) -> int:
+    """The clock length of string content: UTF-16 code units, as JavaScript strings count."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidUpdate("a string that is not UTF-8", "utf8") from None
+    return len(text) if len(text) == len(raw) else len(text.encode("utf-16-le")) // 2
+
+
 def _clock(value: int) -> int:
     if value >= MAX_CLOCK:
         raise InvalidUpdate(f"clock {value} is past {MAX_CLOCK}", "clock")
@@ -449,13 +458,7 @@ def _read(data: bytes, state: Mapping[int, int] | None) -> _Read:
                         key, pos = _string(data, pos)
                 if kind == _STRING:  # the common case, inline
                     start, pos = _bytes(data, pos)
-                    raw = data[start:pos]
-                    try:
-                        text = raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise InvalidUpdate("a string that is not UTF-8", "utf8") from None
-                    # Clocks count UTF-16 code units, as JavaScript strings do.
-                    length = len(text) if len(text) == len(raw) else len(text.encode("utf-16-le")) // 2
+                    length = _text_length(data[start:pos])
                     if length == 0:
                         raise InvalidUpdate("an empty string item", "length")
                 else:
@@ -500,13 +503,7 @@ def _content(data: bytes, pos: int, kind: int) -> tuple[int, int]:
     """Skip an item's content; returns (its length in clock units, position after it)."""
     if kind == _STRING:
         start, end = _bytes(data, pos)
-        raw = data[start:end]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidUpdate("a string that is not UTF-8", "utf8") from None
-        # Clocks count UTF-16 code units, as JavaScript strings do.
-        length = len(text) if len(text) == len(raw) else len(text.encode("utf-16-le")) // 2
+        length = _text_length(data[start:end])
         if length == 0:
             raise InvalidUpdate("an empty string item", "length")
         return length, end
@@ -755,24 +752,15 @@ def _plan_typing(data: bytes, state: Mapping[int, int]) -> Plan | None:
     pos += 1
     origin = right_origin = None
     if info & _HAS_ORIGIN:
-        ref_client, pos = _client(data, pos)
-        ref_clock, pos = _uint(data, pos)
-        if _absent(client, clock, ref_client, ref_clock, state):
+        origin, pos = _present(data, pos, client, clock, state)
+        if origin is None:
             return None
-        origin = (ref_client, ref_clock)
     if info & _HAS_RIGHT_ORIGIN:
-        ref_client, pos = _client(data, pos)
-        ref_clock, pos = _uint(data, pos)
-        if _absent(client, clock, ref_client, ref_clock, state):
+        right_origin, pos = _present(data, pos, client, clock, state)
+        if right_origin is None:
             return None
-        right_origin = (ref_client, ref_clock)
     start, pos = _bytes(data, pos)
-    raw = data[start:pos]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    length = len(text) if len(text) == len(raw) else len(text.encode("utf-16-le")) // 2
+    length = _text_length(data[start:pos])
     end_clock = clock + length
     if length == 0 or end_clock >= MAX_CLOCK:
         return None
@@ -784,15 +772,17 @@ def _plan_typing(data: bytes, state: Mapping[int, int]) -> Plan | None:
                 [Struct(client, clock, length, _STRING, origin, right_origin, None, None, None)])
 
 
-def _absent(client: int, clock: int, ref_client: int, ref_clock: int,
-            state: Mapping[int, int]) -> bool:
-    """A reference :func:`_plan_typing` leaves to the general reader: one it would refuse, or
-    one ``state`` does not hold."""
+def _present(data: bytes, pos: int, client: int, clock: int,
+             state: Mapping[int, int]) -> tuple[tuple[int, int] | None, int]:
+    """Read a reference of struct ``client:clock`` for :func:`_plan_typing`: None for one it
+    leaves to the general reader (one it would refuse, or one ``state`` does not hold)."""
+    ref_client, pos = _client(data, pos)
+    ref_clock, pos = _uint(data, pos)
     if ref_clock >= MAX_CLOCK:
-        return True
+        return None, pos
     if ref_client == client:
-        return ref_clock >= clock
-    return state.get(ref_client, 0) <= ref_clock
+        return ((ref_client, ref_clock) if ref_clock < clock else None), pos
+    return ((ref_client, ref_clock) if state.get(ref_client, 0) > ref_clock else None), pos
 
 
 def _simulate(clients: list[_Client], state: Mapping[int, int], clocks: dict[int, int]) -> dict[int, int]:

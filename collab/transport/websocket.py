@@ -510,14 +510,17 @@ class WebSocketEndpoint:
         if self.limits.presence_batch <= 0:
             self.flush_soon()
         elif self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(self.limits.presence_batch,
-                                                                self._write_gathered)
+            self._flush = self._running_loop().call_later(self.limits.presence_batch,
+                                                          self._write_gathered)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop or asyncio.get_running_loop()
 
     def flush_soon(self) -> None:
         if not self._flush_soon:
             if self._flush is not None:
                 self._flush.cancel()
-            self._flush = (self._loop or asyncio.get_running_loop()).call_soon(self._write_gathered)
+            self._flush = self._running_loop().call_soon(self._write_gathered)
             self._flush_soon = True
 
     def _write_gathered(self) -> None:
