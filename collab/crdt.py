@@ -169,8 +169,15 @@ class Document:
     def integrate(self, update: bytes, origin: Hashable = None) -> Applied:
         """Apply a remote update as far as it can be, and whatever it lets in of the updates
         waiting. Raises :class:`InvalidUpdate` (nothing changed) or :class:`EnginePanic`."""
-        self._check_usable()
-        plan = gate.plan(update, self._clocks)
+        if self._damaged is not None:
+            raise self._damaged
+        item = gate.typing_item(update, self._clocks)
+        if item is not None:
+            return self._integrate_typing(update, item)
+        return self._integrate_plan(gate.plan(update, self._clocks), origin)
+
+    def _integrate_plan(self, plan: gate.Plan, origin: Hashable) -> Applied:
+        """:meth:`integrate` by the gate's plan of the update (the general path)."""
         if (plan.held is not None and not self._loading
                 and self._waiting_bytes + len(plan.held) > self.max_waiting_bytes):
             raise InvalidUpdate(f"it depends on changes this server does not have, and "
@@ -188,6 +195,31 @@ class Document:
             self._waiting.append(_Waiting(plan.held, origin, plan.waits_for))
             self._waiting_bytes += len(plan.held)
         if plan.clocks and len(self._waiting) > int(plan.held is not None):
+            result.released = self._release()
+        return result
+
+    def _integrate_typing(self, update: bytes, item: gate.Struct) -> Applied:
+        """:meth:`integrate` for a typing edit (:func:`gate.typing_item`): the plan of the
+        general path is known without being made (all of the update is ready, it moves one
+        client from ``item.clock`` by ``item.length``, it names no parent and creates no type),
+        and so are its ranges."""
+        loading = self._loading
+        self._order.integrate((item,), check=not loading)  # refuses bad origins
+        produced = self._produced
+        produced.clear()
+        try:
+            self._engine_apply(update)
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:
+            raise self._mark_damaged(_panic("applying an update", exc)) from exc
+        clock = item.clock
+        end = self._clocks[item.client] = clock + item.length
+        result = Applied()
+        result.ranges = {item.client: (clock, end)}
+        if not loading:
+            result.update = self._reported(produced, True)
+        if self._waiting:
             result.released = self._release()
         return result
 
@@ -251,11 +283,15 @@ class Document:
             self._types |= plan.type_ids
         if self._loading:
             return None
+        return self._reported(produced, bool(plan.clocks))
+
+    def _reported(self, produced: list[bytes], moved: bool) -> bytes | None:
+        """What the engine reported of one update (``moved``: it took structs in)."""
         if len(produced) == 1 and produced[0] != EMPTY_UPDATE:  # the usual case
             return produced[0]
         produced = [u for u in produced if u != EMPTY_UPDATE]
         if not produced:
-            if plan.clocks:  # the engine took structs in without reporting them: never again
+            if moved:  # the engine took structs in without reporting them: never again
                 raise self._mark_damaged(EnginePanic(
                     "the engine integrated an update but reported no change"))
             return None

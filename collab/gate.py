@@ -736,15 +736,26 @@ def _plan_read(update: bytes, state: Mapping[int, int]) -> Plan:
 
 
 def _plan_typing(data: bytes, state: Mapping[int, int]) -> Plan | None:
-    """:func:`plan` for what typing sends, read by the same rules in a straight line: one
-    client, one string item with origins, right after that client's last clock, every origin
-    present. None for any other update (or anything this would have to refuse): the general
-    reader then decides, with its reasons."""
-    if data[:2] != b"\x01\x01" or len(data) < 8:
+    """:func:`plan` for what typing sends (see :func:`typing_item`), or None."""
+    item = typing_item(data, state)
+    if item is None:
+        return None
+    return Plan(data, None, {item.client: item.clock + item.length}, (), _NO_TYPES, (), 1, None,
+                [item])
+
+
+def typing_item(data: bytes, state: Mapping[int, int]) -> Struct | None:
+    """What typing sends, read by :func:`plan`'s rules in a straight line: one client, one
+    string item with origins, right after that client's last clock, every origin present. Such
+    an update's plan is all of it, ready, with this one struct (:func:`_plan_typing`): the
+    caller needs nothing else. None for any other update (or anything this would have to
+    refuse): the general reader then decides, with its reasons."""
+    size = len(data)
+    if size < 8 or data[0] != 1 or data[1] != 1:
         return None
     client, pos = _client(data, 2)
     clock, pos = _uint(data, pos)
-    if pos >= len(data):
+    if pos >= size:
         return None
     info = data[pos]
     if info & 0x1F != _STRING or not info & _ID_BITS or clock != state.get(client, 0):
@@ -752,37 +763,43 @@ def _plan_typing(data: bytes, state: Mapping[int, int]) -> Plan | None:
     pos += 1
     origin = right_origin = None
     if info & _HAS_ORIGIN:
-        origin, pos = _present(data, pos, client, clock, state)
-        if origin is None:
+        ref_client, pos = _client(data, pos)
+        ref_clock, pos = _uint(data, pos)
+        if not _present(client, clock, ref_client, ref_clock, state):
             return None
+        origin = (ref_client, ref_clock)
     if info & _HAS_RIGHT_ORIGIN:
-        right_origin, pos = _present(data, pos, client, clock, state)
-        if right_origin is None:
+        ref_client, pos = _client(data, pos)
+        ref_clock, pos = _uint(data, pos)
+        if not _present(client, clock, ref_client, ref_clock, state):
             return None
+        right_origin = (ref_client, ref_clock)
     start, pos = _bytes(data, pos)
     length = _text_length(data[start:pos])
     end_clock = clock + length
     if length == 0 or end_clock >= MAX_CLOCK:
         return None
-    deletes_to = _read_delete_set(data, pos)
-    for deleting, end in deletes_to.items():
-        if end > (end_clock if deleting == client else state.get(deleting, 0)):
-            return None
-    return Plan(data, None, {client: end_clock}, (), _NO_TYPES, (), 1, None,
-                [Struct(client, clock, length, _STRING, origin, right_origin, None, None, None)])
+    if pos != size - 1 or data[pos] != 0:  # deletions too (a backspace before the item)
+        for deleting, end in _read_delete_set(data, pos).items():
+            if end > (end_clock if deleting == client else state.get(deleting, 0)):
+                return None
+    return _new_struct(Struct, (client, clock, length, _STRING, origin, right_origin, None, None,
+                                None))
 
 
-def _present(data: bytes, pos: int, client: int, clock: int,
-             state: Mapping[int, int]) -> tuple[tuple[int, int] | None, int]:
-    """Read a reference of struct ``client:clock`` for :func:`_plan_typing`: None for one it
-    leaves to the general reader (one it would refuse, or one ``state`` does not hold)."""
-    ref_client, pos = _client(data, pos)
-    ref_clock, pos = _uint(data, pos)
+_new_struct = tuple.__new__
+"""``Struct(...)`` without the named tuple's own ``__new__`` (a Python function)."""
+
+
+def _present(client: int, clock: int, ref_client: int, ref_clock: int,
+             state: Mapping[int, int]) -> bool:
+    """Whether :func:`typing_item` takes a reference of struct ``client:clock``: False for one
+    it leaves to the general reader (one it would refuse, or one ``state`` does not hold)."""
     if ref_clock >= MAX_CLOCK:
-        return None, pos
+        return False
     if ref_client == client:
-        return ((ref_client, ref_clock) if ref_clock < clock else None), pos
-    return ((ref_client, ref_clock) if state.get(ref_client, 0) > ref_clock else None), pos
+        return ref_clock < clock
+    return state.get(ref_client, 0) > ref_clock
 
 
 def _simulate(clients: list[_Client], state: Mapping[int, int], clocks: dict[int, int]) -> dict[int, int]:

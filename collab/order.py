@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 
 from collab.gate import GC_STRUCT, SKIP_STRUCT, InvalidUpdate, Struct
 
@@ -115,12 +115,24 @@ class Order:
         dependencies are here or in the update). Raises :class:`InvalidUpdate` when an item's
         origins are inconsistent (see the module docstring), having changed nothing. Without
         ``check`` (what the store holds was checked when it arrived) the items are only placed."""
-        if len(structs) == 1 and self._extends_run(structs[0]):
-            return
+        ordered: Iterable[Struct]
+        if len(structs) == 1:
+            struct = structs[0]
+            if self._extends_run(struct):
+                return
+            # what the dependency order makes of one struct: itself, or nothing when it needs
+            # another client's clock that is not here (no other struct could supply it)
+            ordered = () if self._missing(struct) is not None else structs
+        else:
+            ordered = self._in_dependency_order(structs)
+        self._integrate_all(ordered, len(structs), check)
+
+    def _integrate_all(self, ordered: Iterable[Struct], count: int, check: bool) -> None:
+        """Integrate ``count`` structs in dependency ``ordered``, all or none."""
         journal: Journal = []
-        self._budget = min(CHECK_LIMIT, CHECK_BUDGET + CHECK_PER_STRUCT * len(structs))
+        self._budget = min(CHECK_LIMIT, CHECK_BUDGET + CHECK_PER_STRUCT * count)
         try:
-            for struct in self._in_dependency_order(structs):
+            for struct in ordered:
                 self._integrate(struct, journal, check)
         except InvalidUpdate:
             self._undo(journal)

@@ -5,6 +5,7 @@ sequence of messages makes two honest replicas diverge."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pycrdt
 import pytest
@@ -280,8 +281,8 @@ class _GeneralOrder(Order):
 
     __slots__ = ()
 
-    def _extends_run(self, struct: gate.Struct) -> bool:
-        return False
+    def integrate(self, structs: Sequence[gate.Struct], *, check: bool = True) -> None:
+        self._integrate_all(self._in_dependency_order(structs), len(structs), check)
 
 
 def _runs(order: Order) -> dict[int, list[tuple[int, int, bool]]]:
@@ -317,6 +318,98 @@ def test_typing_takes_the_short_path_to_the_same_order(
         general.integrate(plan.items)
     assert list(short.items("text")) == list(general.items("text"))
     assert _runs(short) == _runs(general)
+
+
+class _GeneralDocument(crdt.Document):
+    """A document that plans every update by the gate's general reader and orders its items
+    by the order's general path (no path for typing anywhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._order = _GeneralOrder()
+
+    def integrate(self, update: bytes, origin: object = None) -> crdt.Applied:
+        self._check_usable()
+        return self._integrate_plan(gate._plan_read(update, self._clocks), origin)
+
+
+def _outcome(doc: crdt.Document, data: bytes) -> object:
+    try:
+        applied = doc.integrate(data, "sender")
+    except crdt.InvalidUpdate as refusal:
+        return refusal.reason
+    return (applied.update, dict(applied.ranges), applied.waiting,
+            [(change.update, change.origin, dict(change.ranges)) for change in applied.released])
+
+
+typing_ops = st.lists(st.tuples(st.sampled_from(["hostile", "type", "type", "type", "delete",
+                                                 "send", "sync"]),
+                                st.integers(0, 1), st.integers(0, 10_000), st.integers(0, 10_000),
+                                st.sampled_from([2, 50, 2**33])), min_size=1, max_size=50)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(typing_ops, st.randoms(use_true_random=False))
+def test_the_documents_path_for_typing_integrates_as_the_general_path(
+        ops: list[tuple[str, int, int, int, int]], rng: random.Random) -> None:
+    """Two writers typing and deleting concurrently, updates delivered late or out of order
+    (so that some wait and are released), hostile items among them: a document that takes
+    typing edits by its short path answers every update as one that plans and orders each by
+    the general path (the same refusals, changes, ranges, waiting and releases), and ends, or
+    loads what it produced, in the same state."""
+    writers = [Replica(3), Replica(10**6)]
+    base = writers[0].insert(0, "abcdef")
+    writers[1].apply(base)
+    short, general = crdt.Document(), _GeneralDocument()
+    stored: list[bytes] = []
+    ids = [(3, clock) for clock in range(6)]
+    outbox: list[list[bytes]] = [[], []]
+    hostile_clock: dict[int, int] = {}
+
+    def deliver(data: bytes) -> bool:
+        outcome = _outcome(short, data)
+        assert outcome == _outcome(general, data)
+        if isinstance(outcome, str):
+            return False
+        produced, _ranges, _waiting, released = outcome
+        stored.extend([produced] if produced is not None else [])  # what a room stores
+        stored.extend(change for change, _origin, _ranges in released)
+        return True
+
+    deliver(base)
+    for op, w, x, y, hostile in ops:
+        if op == "hostile":
+            origin = ids[x % len(ids)] if x % 5 else None
+            right = ids[y % len(ids)] if y % 5 else None
+            clock = hostile_clock.get(hostile, 0) + (1 if x % 7 == 0 else 0)  # sometimes a gap
+            if deliver(update(hostile, clock, item(origin, right, "H", parent="text"))):
+                hostile_clock[hostile] = clock + 1
+                ids.append((hostile, clock))
+        elif op == "type":
+            sent = writers[w].insert(x % 10, "w" * (1 + y % 3 // 2))
+            outbox[w].append(sent)
+            ids.extend((s.client, s.clock) for s in gate.structs(sent) if s.kind == 4)
+        elif op == "delete":
+            sent = writers[w].delete(x % 10, 1 + y % 2)
+            if sent is not None:
+                outbox[w].append(sent)
+        elif op == "send":
+            pending, outbox[w] = outbox[w], []
+            if len(pending) > 1 and rng.random() < 0.3:
+                rng.shuffle(pending)
+            for data in pending:
+                deliver(data)
+        elif op == "sync":
+            writers[w].apply(writers[1 - w].diff(writers[w]))
+    assert short.text() == general.text()
+    assert short.clocks() == general.clocks()
+    assert (short.waiting, short.waiting_bytes) == (general.waiting, general.waiting_bytes)
+    assert _runs(short._order) == _runs(general._order)
+    assert list(short._order.items("text")) == list(general._order.items("text"))
+    loaded, loaded_general = crdt.Document(), _GeneralDocument()
+    assert loaded.load(stored) == [] and loaded_general.load(stored) == []
+    assert loaded.text() == loaded_general.text() == short.text()
+    assert _runs(loaded._order) == _runs(loaded_general._order)
 
 
 def test_typing_after_an_item_with_another_right_origin_is_checked() -> None:
