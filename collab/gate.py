@@ -561,7 +561,7 @@ def _read_delete_set(data: bytes, pos: int) -> dict[int, int]:
         raise InvalidUpdate(f"{count} deleting clients declared, {size - pos} bytes left", "count")
     deletes_to: dict[int, int] = {}
     for _ in range(count):
-        client, pos = _uint(data, pos)
+        client, pos = _client(data, pos)
         if client in deletes_to:
             raise InvalidUpdate(f"client {client} appears twice in the delete set", "duplicate")
         ranges, pos = _uint(data, pos)
@@ -749,40 +749,70 @@ def typing_item(data: bytes, state: Mapping[int, int]) -> Struct | None:
     string item with origins, right after that client's last clock, every origin present. Such
     an update's plan is all of it, ready, with this one struct (:func:`_plan_typing`): the
     caller needs nothing else. None for any other update (or anything this would have to
-    refuse): the general reader then decides, with its reasons."""
+    refuse, or that ends early): the general reader then decides, with its reasons.
+
+    It runs once per edit, so its numbers of one byte (most clocks of a short document, every
+    length of a typed string) are read inline."""
     size = len(data)
     if size < 8 or data[0] != 1 or data[1] != 1:
         return None
-    client, pos = _client(data, 2)
-    clock, pos = _uint(data, pos)
-    if pos >= size:
-        return None
-    info = data[pos]
-    if info & 0x1F != _STRING or not info & _ID_BITS or clock != state.get(client, 0):
-        return None
-    pos += 1
-    origin = right_origin = None
-    if info & _HAS_ORIGIN:
-        ref_client, pos = _client(data, pos)
-        ref_clock, pos = _uint(data, pos)
-        if not _present(client, clock, ref_client, ref_clock, state):
+    try:
+        client, pos = _client(data, 2)
+        own = data[2:pos]  # the client's id as encoded: most origins name it again
+        clock = data[pos]
+        if clock < 0x80:
+            pos += 1
+        else:
+            clock, pos = _uint(data, pos)
+        info = data[pos]
+        if info & 0x1F != _STRING or not info & _ID_BITS or clock != state.get(client, 0):
             return None
-        origin = (ref_client, ref_clock)
-    if info & _HAS_RIGHT_ORIGIN:
-        ref_client, pos = _client(data, pos)
-        ref_clock, pos = _uint(data, pos)
-        if not _present(client, clock, ref_client, ref_clock, state):
-            return None
-        right_origin = (ref_client, ref_clock)
-    start, pos = _bytes(data, pos)
-    length = _text_length(data[start:pos])
-    end_clock = clock + length
-    if length == 0 or end_clock >= MAX_CLOCK:
-        return None
-    if pos != size - 1 or data[pos] != 0:  # deletions too (a backspace before the item)
-        for deleting, end in _read_delete_set(data, pos).items():
-            if end > (end_clock if deleting == client else state.get(deleting, 0)):
+        pos += 1
+        origin = right_origin = None
+        if info & _HAS_ORIGIN:
+            if data.startswith(own, pos):  # a whole varint: its last byte ends one
+                ref_client, pos = client, pos + len(own)
+            else:
+                ref_client, pos = _client(data, pos)
+            ref_clock = data[pos]
+            if ref_clock < 0x80:
+                pos += 1
+            else:
+                ref_clock, pos = _uint(data, pos)
+            if not _present(client, clock, ref_client, ref_clock, state):
                 return None
+            origin = (ref_client, ref_clock)
+        if info & _HAS_RIGHT_ORIGIN:
+            if data.startswith(own, pos):  # a whole varint: its last byte ends one
+                ref_client, pos = client, pos + len(own)
+            else:
+                ref_client, pos = _client(data, pos)
+            ref_clock = data[pos]
+            if ref_clock < 0x80:
+                pos += 1
+            else:
+                ref_clock, pos = _uint(data, pos)
+            if not _present(client, clock, ref_client, ref_clock, state):
+                return None
+            right_origin = (ref_client, ref_clock)
+        raw = data[pos]
+        if raw < 0x80:
+            pos += 1
+        else:
+            raw, pos = _uint(data, pos)
+        end = pos + raw
+        if end > size:
+            return None
+        length = _text_length(data[pos:end])
+        end_clock = clock + length
+        if length == 0 or end_clock >= MAX_CLOCK:
+            return None
+        if data[end] != 0 or end != size - 1:  # deletions too (a backspace before the item)
+            for deleting, deleted_to in _read_delete_set(data, end).items():
+                if deleted_to > (end_clock if deleting == client else state.get(deleting, 0)):
+                    return None
+    except IndexError:
+        return None
     return _new_struct(Struct, (client, clock, length, _STRING, origin, right_origin, None, None,
                                 None))
 

@@ -143,24 +143,24 @@ class Order:
         still its right neighbour, grows that run. Decided in a few comparisons, with the
         result the general path reaches (no split, nothing between the origins to check,
         nothing concurrent to resolve); anything else returns False and takes that path."""
-        client, clock, origin = struct.client, struct.clock, struct.origin
-        if (origin is None or origin[0] != client or origin[1] != clock - 1
-                or self._clocks.get(client, 0) != clock or struct.kind in (GC_STRUCT, SKIP_STRUCT)):
+        client, clock, length, kind, origin, right_origin, _parent, _parent_id, _key = struct
+        if (origin is None or origin[1] != clock - 1 or origin[0] != client
+                or kind in (GC_STRUCT, SKIP_STRUCT) or self._clocks.get(client, 0) != clock):
             return False
         runs = self._runs.get(client)
         if not runs:
             return False
         last = runs[-1]
-        if last.gc or last.end != clock or last.right_origin != struct.right_origin:
+        if last.gc or last.clock + last.length != clock or last.right_origin != right_origin:
             return False
-        right, right_origin = last.right, struct.right_origin
+        right = last.right
         if right_origin is None:
             if right is not None:
                 return False
-        elif right is None or right.client != right_origin[0] or right.clock != right_origin[1]:
+        elif right is None or right.clock != right_origin[1] or right.client != right_origin[0]:
             return False
-        last.length += struct.length
-        self._clocks[client] = clock + struct.length
+        last.length += length
+        self._clocks[client] = clock + length
         self._seq += 1
         return True
 
@@ -213,7 +213,7 @@ class Order:
 
     def _integrate(self, struct: Struct, journal: Journal, check: bool) -> None:
         client, clock, length = struct.client, struct.clock, struct.length
-        known = self._clock(client)
+        known = self._clocks.get(client, 0)
         if clock + length <= known or struct.kind == SKIP_STRUCT:
             return
         origin, right_origin = struct.origin, struct.right_origin
@@ -227,13 +227,10 @@ class Order:
         if struct.kind == GC_STRUCT:
             self._add(Run(client, clock, length, None, None, None, None, self._seq, gc=True), journal)
             return
-        if origin is not None:
-            self._clean_end(origin, journal)
-        if right_origin is not None:
-            self._clean_start(right_origin, journal)
-        # found after both splits: the second may cut the run the first returned
-        left = self._find(*origin) if origin is not None else None
-        right = self._find(*right_origin) if right_origin is not None else None
+        left = self._clean_end(origin, journal) if origin is not None else None
+        right = self._clean_start(right_origin, journal) if right_origin is not None else None
+        if left is not None and origin is not None and origin[1] >= left.end:
+            left = self._find(*origin)  # the second split cut the run the first returned
         parent_id = struct.parent_id if origin is None and right_origin is None else None
         if (origin is not None and left is None) or (right_origin is not None and right is None):
             gc = True  # refers to what this order does not hold: treated as the engine would a GC
@@ -364,17 +361,19 @@ class Order:
         run = self._runs[client][index]
         return run if clock < run.end else None
 
-    def _clean_end(self, ref: ID, journal: Journal) -> None:
-        """Make ``ref`` the last clock of its run."""
+    def _clean_end(self, ref: ID, journal: Journal) -> Run | None:
+        """Make ``ref`` the last clock of its run; returns that run (None: not held)."""
         run = self._find(*ref)
         if run is not None and ref[1] + 1 < run.end:
             self._split(run, ref[1] + 1, journal)
+        return run
 
-    def _clean_start(self, ref: ID, journal: Journal) -> None:
-        """Make ``ref`` the first clock of its run."""
+    def _clean_start(self, ref: ID, journal: Journal) -> Run | None:
+        """Make ``ref`` the first clock of its run; returns that run (None: not held)."""
         run = self._find(*ref)
         if run is not None and ref[1] > run.clock:
-            self._split(run, ref[1], journal)
+            return self._split(run, ref[1], journal)
+        return run
 
     def _split(self, run: Run, clock: int, journal: Journal) -> Run:
         """Cut ``run`` before ``clock``; returns the right part (a split changes no order)."""
