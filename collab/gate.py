@@ -770,31 +770,13 @@ def typing_item(data: bytes, state: Mapping[int, int]) -> Struct | None:
         pos += 1
         origin = right_origin = None
         if info & _HAS_ORIGIN:
-            if data.startswith(own, pos):  # a whole varint: its last byte ends one
-                ref_client, pos = client, pos + len(own)
-            else:
-                ref_client, pos = _client(data, pos)
-            ref_clock = data[pos]
-            if ref_clock < 0x80:
-                pos += 1
-            else:
-                ref_clock, pos = _uint(data, pos)
-            if not _present(client, clock, ref_client, ref_clock, state):
+            origin, pos = _typing_reference(data, pos, own, client, clock, state)
+            if origin is None:
                 return None
-            origin = (ref_client, ref_clock)
         if info & _HAS_RIGHT_ORIGIN:
-            if data.startswith(own, pos):  # a whole varint: its last byte ends one
-                ref_client, pos = client, pos + len(own)
-            else:
-                ref_client, pos = _client(data, pos)
-            ref_clock = data[pos]
-            if ref_clock < 0x80:
-                pos += 1
-            else:
-                ref_clock, pos = _uint(data, pos)
-            if not _present(client, clock, ref_client, ref_clock, state):
+            right_origin, pos = _typing_reference(data, pos, own, client, clock, state)
+            if right_origin is None:
                 return None
-            right_origin = (ref_client, ref_clock)
         raw = data[pos]
         if raw < 0x80:
             pos += 1
@@ -815,6 +797,25 @@ def typing_item(data: bytes, state: Mapping[int, int]) -> Struct | None:
         return None
     return _new_struct(Struct, (client, clock, length, _STRING, origin, right_origin, None, None,
                                 None))
+
+
+def _typing_reference(data: bytes, pos: int, own: bytes, client: int, clock: int,
+                      state: Mapping[int, int]) -> tuple[tuple[int, int] | None, int]:
+    """An origin of :func:`typing_item`'s struct ``client:clock`` at ``pos`` (``own``: the
+    client's id as encoded, which most origins name again), and where it ends; None for one
+    :func:`_present` leaves to the general reader."""
+    if data.startswith(own, pos):  # a whole varint: its last byte ends one
+        ref_client, pos = client, pos + len(own)
+    else:
+        ref_client, pos = _client(data, pos)
+    ref_clock = data[pos]
+    if ref_clock < 0x80:
+        pos += 1
+    else:
+        ref_clock, pos = _uint(data, pos)
+    if not _present(client, clock, ref_client, ref_clock, state):
+        return None, pos
+    return (ref_client, ref_clock), pos
 
 
 _new_struct = tuple.__new__
