@@ -154,3 +154,33 @@ def test_unknown_store_urls_are_refused() -> None:
     for url in ("mysql://x", "sqlite:///", "./data.db"):
         with pytest.raises(UnsupportedStore):
             open_store(url)
+
+
+async def test_sqlite_loads_at_once_each_get_their_own_document(tmp_path: Path) -> None:
+    """Loads queued together are answered together by the reader; each waiter gets its own
+    document, a failing read only fails its own waiter, and a cancelled one spoils nothing."""
+    store = SQLiteStore(tmp_path / "collab.db", commit_window=0.002)
+    await store.open()
+    try:
+        texts = {}
+        for i in range(30):
+            updates, texts[f"d{i}"] = typing_updates(5, seed=i)
+            await asyncio.gather(*(store.append(f"d{i}", u) for u in updates))
+        assert await store.flush()
+
+        def broken() -> None:
+            raise RuntimeError("read failed")
+
+        cancelled = asyncio.ensure_future(store.load("d0"))
+        loads = [asyncio.ensure_future(store.load(name)) for name in texts]
+        failing = store._read_batched(broken)
+        await asyncio.sleep(0)  # every load has queued its read
+        cancelled.cancel()
+        stored = await asyncio.gather(*loads)
+        assert {name: text_of(s.updates) for name, s in zip(texts, stored, strict=True)} == texts
+        with pytest.raises(RuntimeError, match="read failed"):
+            await failing
+        assert cancelled.cancelled()
+        assert text_of((await store.load("d1")).updates) == texts["d1"]
+    finally:
+        await store.close()

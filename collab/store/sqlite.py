@@ -8,10 +8,12 @@ WAL lets run beside a write). The event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -156,6 +158,16 @@ def rollback(db: sqlite3.Connection) -> None:
             log.debug("rollback after a failed transaction failed too: %s", exc)
 
 
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.done():  # cancelled while it waited
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str | Path, **options: Any) -> None:
         super().__init__(**options)
@@ -164,6 +176,8 @@ class SQLiteStore(Store):
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._write_db: sqlite3.Connection | None = None
         self._read_db: sqlite3.Connection | None = None
+        self._reads: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._reads_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -258,7 +272,33 @@ class SQLiteStore(Store):
                 deleted=deleted,
             )
 
-        return await self._run(self._reader_pool, read)
+        return await self._read_batched(read)
+
+    def _read_batched(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``fn`` on the reader thread with the reads queued beside it: one hand-off and one
+        wake-up of the loop per batch, where ``run_in_executor`` costs a thread-pool future, its
+        condition and a wake-up per read (a room's load while hundreds of rooms open at once)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._reads_lock:
+            self._reads.append((fn, future))
+            first = len(self._reads) == 1
+        if first:  # no drain is queued that would still see this read
+            self._reader_pool.submit(self._drain_reads, loop)
+        return future
+
+    def _drain_reads(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the reader thread: run every queued read, then settle their futures in one call."""
+        with self._reads_lock:
+            batch, self._reads = self._reads, []
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for fn, future in batch:
+            try:
+                outcomes.append((future, fn(), None))
+            except BaseException as exc:  # every waiter hears of its read, whatever it raised
+                outcomes.append((future, None, exc))
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(_settle, outcomes)
 
     async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,
                              positions: list[int]) -> bool:
