@@ -305,7 +305,10 @@ Rows = list[dict[str, Any]]
 
 
 def run_all(profile: Profile, servers: list[str], chosen: list[str], results_dir: Path,
-            rows: Rows | None = None, save: Callable[[Rows], None] | None = None) -> Rows:
+            rows: Rows | None = None, save: Callable[[Rows], None] | None = None,
+            meta: dict[str, str] | None = None) -> Rows:
+    """Every scenario on every server, ``profile.repeats`` times; each row keeps ``meta`` (the
+    environment of the run) so that a report rendered later says when and where it was taken."""
     rows = [] if rows is None else rows
     table = scenarios(profile)
     with tempfile.TemporaryDirectory(prefix="collab-bench-") as tmp:
@@ -330,7 +333,8 @@ def run_all(profile: Profile, servers: list[str], chosen: list[str], results_dir
                     print(f" {time.perf_counter() - started:6.1f} s  {headline(profile, name, result)}",
                           file=sys.stderr, flush=True)
                     result["generator_scenario"] = result.pop("scenario", None)
-                    rows.append({**result, "repeat": repeat, "scenario": name, "server": server_name})
+                    rows.append({**result, "repeat": repeat, "scenario": name, "server": server_name,
+                                 "environment": meta})
                     if save is not None:
                         save(rows)
     return rows
@@ -704,6 +708,17 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return list(json.loads(path.read_text()))
 
 
+def recorded_environment(rows: Rows) -> dict[str, str]:
+    """The environment of the newest run among ``rows`` (a merged file holds several); results
+    written before rows kept it are rendered with the current one, and say so."""
+    for row in reversed(rows):
+        if row.get("environment"):
+            return dict(row["environment"])
+    print("bench: these results do not say when they were measured; the report gives today's "
+          "date and load", file=sys.stderr)
+    return environment()
+
+
 def environment() -> dict[str, str]:
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     model = platform.processor() or platform.machine()
@@ -754,7 +769,8 @@ def main() -> int:
     if args.render:
         rows = load_rows(Path(args.render))
         profile.repeats = 1 + max((r["repeat"] for r in rows), default=0)
-        output.write_text(with_sections_of(output, markdown(rows, profile, command, environment(),
+        output.write_text(with_sections_of(output, markdown(rows, profile, command,
+                                                            recorded_environment(rows),
                                                             args.preliminary)))
         return 0
     table = scenarios(profile)
@@ -780,7 +796,7 @@ def main() -> int:
     def save(rows: list[dict[str, Any]]) -> None:
         raw.write_text(json.dumps(rows, indent=1))
 
-    rows = run_all(profile, servers, chosen, results_dir, rows=list(earlier), save=save)
+    rows = run_all(profile, servers, chosen, results_dir, rows=list(earlier), save=save, meta=meta)
     save(rows)
     output.write_text(with_sections_of(output, markdown(rows, profile, command, meta, args.preliminary)))
     print(f"wrote {output} and {raw}", file=sys.stderr)

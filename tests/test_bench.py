@@ -102,3 +102,13 @@ def test_harness_runs_a_short_scenario_and_writes_a_report(tmp_path: Path) -> No
     line = next(x for x in lines if x.startswith("| fixed 20 edits/s: latency p99 "))
     collab_cell = line.split("|")[3].strip()
     assert collab_cell not in ("", "-")
+    # Rendered again later, the report says when and where its results were measured.
+    assert rows[0]["environment"]["date"] in next(x for x in lines if x.startswith("Measured: "))
+    raw = tmp_path / "earlier.json"
+    raw.write_text(json.dumps([{**row, "environment": {**row["environment"], "date": "2001-02-03"}}
+                               for row in rows]))
+    rendered = tmp_path / "rendered.md"
+    again = subprocess.run([*command[:2], "--smoke", "--output", str(rendered), "--render",
+                            str(raw)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "Measured: 2001-02-03 on " in rendered.read_text()
