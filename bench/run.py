@@ -547,7 +547,9 @@ def scenario_section(p: Profile) -> list[str]:
         f"- **fixed load**: {p.rooms} rooms x {p.clients} clients ({total} connections), one writer per "
         f"room, {rates} edits/s in all, for {p.duration:g} s after {p.warmup:g} s of unmeasured warm-up. "
         "Latency from the writer's send to each other client's receipt; server CPU over the measured "
-        "window, per edit and per message the server sent.",
+        "window, per edit and per message the server sent. A document's log is compacted after 500 to "
+        "750 updates, which these windows end before: what compaction adds to collab under a "
+        "sustained load is measured apart (performance.md, \"Sustained load: compaction\").",
         f"- **ramp**: the same rooms; the per-writer rate starts at {p.ramp_start:g} edits/s and grows "
         f"x{p.ramp_factor:g} every {p.ramp_step:g} s step until p99 > 100 ms, a delivery is lost or the "
         f"generator saturates; then {p.ramp_refine} bisection step(s) between the last good and the first "

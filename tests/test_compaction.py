@@ -13,7 +13,7 @@ import pycrdt
 import pytest
 
 from collab import crdt
-from collab.store import Store, open_store
+from collab.store import Store, base, open_store
 from collab.store.base import _fold_collected
 from tests.jsclient import js_clients
 from tests.servers import ServerProcess
@@ -196,3 +196,25 @@ async def test_stock_yjs_clients_with_old_history_merge_after_collection(server_
         await offline.wait_saved()
         assert await late.wait_text(equals="start [offline]end") == "start [offline]end"
         assert await offline.wait_text(equals="start [offline]end") == "start [offline]end"
+
+
+async def test_a_fold_of_many_small_updates_gives_the_loop_back_between_slices(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log of typed characters is small in bytes but not in work: the fold takes it in slices
+    of a few updates, and the event loop runs between them, not once the whole log is in."""
+    doc = crdt.Document()
+    typed = [doc.edit_text(i, "x") or b"" for i in range(300)]
+    monkeypatch.setattr(base, "FOLD_SLICE_SECONDS", 0.0)  # give the loop back after every slice
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count_turns())
+    snapshot = await _fold_collected(typed)
+    counter.cancel()
+    assert snapshot is not None and crdt.document_from([snapshot]).text() == "x" * 300
+    assert turns >= 300 // base.FOLD_SLICE_UPDATES

@@ -598,7 +598,11 @@ def _log_compaction_failure(task: asyncio.Task[bool]) -> None:
 
 
 FOLD_SLICE_BYTES = 64 * 1024
-"""Stored updates folded in one go at most (by size): a fraction of a millisecond of work."""
+FOLD_SLICE_UPDATES = 32
+"""Stored updates folded in one go at most (by size and by count): a fraction of a millisecond
+of work. A typed character is an update of a few dozen bytes that costs the gate and the engine
+about 10 µs, so a slice bounded by size alone held a whole log of 500 in one go (5 ms and more,
+the loop stopped for it)."""
 FOLD_SLICE_SECONDS = 0.002
 """The event loop is given back at least this often while a compaction folds."""
 
@@ -618,7 +622,8 @@ async def _fold_collected(inputs: list[bytes]) -> bytes | None:
     start = 0
     while start < len(inputs):
         end, size = start + 1, len(inputs[start])
-        while end < len(inputs) and size + len(inputs[end]) <= FOLD_SLICE_BYTES:
+        while (end < len(inputs) and end - start < FOLD_SLICE_UPDATES
+               and size + len(inputs[end]) <= FOLD_SLICE_BYTES):
             size += len(inputs[end])
             end += 1
         errors = doc.load(inputs[start:end])
@@ -630,7 +635,9 @@ async def _fold_collected(inputs: list[bytes]) -> bytes | None:
             given_back = time.perf_counter()
     if doc.waiting:
         return None
+    await asyncio.sleep(0)  # encoding and checking the snapshot are a slice each
     snapshot = doc.full_state()
+    await asyncio.sleep(0)
     # What is swapped in must give back this document: the same clocks and the same text.
     check = crdt.Document()
     if check.load([snapshot]) or check.waiting or check.clocks() != doc.clocks() or (
