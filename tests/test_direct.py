@@ -14,7 +14,7 @@ import uvicorn
 import websockets
 from websockets.frames import Frame, Opcode
 
-from collab import Collab, Settings, codes
+from collab import Collab, Settings, codes, crdt, protocol
 from collab.transport.direct import (
     FRAME_CACHE_MAX,
     DirectWebSocketProtocol,
@@ -24,6 +24,7 @@ from collab.transport.direct import (
     frame_binary,
 )
 from collab.transport.guard import GuardedHttpToolsProtocol, RequestGuard
+from collab.transport.websocket import BROADCAST_CHUNK
 from tests.pyclient import PyClient
 from tests.servers import free_port
 
@@ -239,3 +240,80 @@ async def test_an_upgraded_connection_leaves_no_http_protocol_for_the_cyclic_col
     finally:
         gc.enable()
         await _stop(server, task)
+
+
+class _RecordingTransport:
+    """A connection's real transport that also keeps every write it is given."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+def _messages(data: bytes) -> list[bytes]:
+    """The messages of the server's (unmasked, unfragmented) binary frames in ``data``."""
+    messages, at = [], 0
+    while at < len(data):
+        assert data[at] == 0x82
+        length, at = data[at + 1], at + 2
+        if length == 126:
+            length, at = int.from_bytes(data[at:at + 2], "big"), at + 2
+        messages.append(data[at:at + length])
+        at += length
+    return messages
+
+
+@pytest.mark.parametrize("observers", [BROADCAST_CHUNK // 2, 2 * BROADCAST_CHUNK + 5])
+async def test_a_tick_writes_each_socket_once_and_a_large_broadcast_as_it_goes(observers: int) -> None:
+    """Three updates in one tick: a socket of a small room takes them in one write at the end
+    of the tick; in a large room, the first broadcast is written in chunks while the room still
+    hands it out, so a socket of a full chunk takes it alone, then the other two in one write,
+    and the rest of the room all three at the end of the tick."""
+    collab = Collab(Settings(store="memory://", log_level="warning"))
+    clients: list[PyClient] = []
+    async with collab.lifespan():
+        # as `collab serve` runs it: without compression, every socket takes the same frames
+        server, task, port = await _serve(collab.app, ws_per_message_deflate=False)  # type: ignore[arg-type]
+        try:
+            clients += await asyncio.gather(*(PyClient(f"ws://127.0.0.1:{port}/ws", "big", reconnect=False,
+                                                       acks=False).start() for _ in range(observers)))
+            peers = list(collab.sockets.peers)
+            assert len(peers) == observers and all(peer.direct is not None for peer in peers)
+            recorders = []
+            for peer in peers:
+                assert peer.direct is not None
+                recorders.append(recorder := _RecordingTransport(peer.direct.transport))
+                peer.direct.transport = recorder
+            source = crdt.Document()
+            updates = [source.edit_text(0, "c"), source.edit_text(0, "b"), source.edit_text(0, "a")]
+            room = collab.rooms.rooms["big"]
+            for update in updates:  # one tick
+                assert update is not None
+                room.apply(update)
+            for client in clients:
+                await client.wait_text("abc")
+            written = [list(r.writes) for r in recorders]
+        finally:
+            for client in clients:
+                await client.close()
+            await _stop(server, task)
+    shapes = [[len(_messages(write)) for write in writes] for writes in written]
+    early = observers // BROADCAST_CHUNK * BROADCAST_CHUNK  # the chunks written as it went
+    assert shapes.count([1, 2]) == early and shapes.count([3]) == observers - early
+    sent = {b"".join(writes) for writes in written}
+    assert len(sent) == 1  # the same bytes, in the same order
+    replica = crdt.Document()
+    texts = []
+    for message in _messages(sent.pop()):
+        decoded = protocol.decode_message(message)
+        assert isinstance(decoded, protocol.SyncUpdate)
+        replica.apply(decoded.update)
+        texts.append(replica.text())
+    assert texts == ["c", "bc", "abc"]

@@ -59,18 +59,22 @@ class FrameCache:
     receiver, so it is framed once. Kept by identity, with a reference, so it cannot be a
     different message at a reused address."""
 
-    __slots__ = ("framed", "message")
+    __slots__ = ("framed", "message", "receivers")
 
     def __init__(self) -> None:
         self.message: bytes | None = None
         self.framed = b""
+        self.receivers = 0
+        """How many times the kept framing was handed out: a broadcast's receivers so far (the
+        sender counts those it takes from :attr:`framed` itself)."""
 
     def frame(self, message: bytes) -> bytes:
         if message is self.message:
+            self.receivers += 1
             return self.framed
         framed = frame_binary(message)
         if len(message) <= FRAME_CACHE_MAX:
-            self.message, self.framed = message, framed
+            self.message, self.framed, self.receivers = message, framed, 1
         return framed
 
 
