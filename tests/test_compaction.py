@@ -154,6 +154,14 @@ def _metric(server: ServerProcess, name: str) -> float:
     return 0.0
 
 
+def _stored_bytes(store: Path, name: str) -> bytes:
+    """Everything the SQLite file holds for ``name``: its snapshot and every log row."""
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT data FROM snapshots WHERE doc = ? UNION ALL "
+                          "SELECT data FROM updates WHERE doc = ?", (name, name)).fetchall()
+    return b"".join(row[0] for row in rows)
+
+
 async def _until(predicate: object, timeout: float = 20.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():  # type: ignore[operator]
@@ -184,10 +192,9 @@ async def test_stock_yjs_clients_with_old_history_merge_after_collection(server_
         # The room is evicted once idle, and compacted on the way: deleted content collected.
         await _until(lambda: _metric(server, "collab_rooms") == 0
                      and _metric(server, "collab_store_collected_compactions_total") >= 1)
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-            rows = db.execute("SELECT data FROM snapshots WHERE doc = 'doc' UNION ALL "
-                              "SELECT data FROM updates WHERE doc = 'doc'").fetchall()
-        stored = b"".join(row[0] for row in rows)
+        # Gone from the file too, once the folded log rows are swept (within seconds).
+        await _until(lambda: b"CHUNK" not in _stored_bytes(store, "doc"))
+        stored = _stored_bytes(store, "doc")
         assert b"CHUNK" not in stored and b"aaaa" not in stored and len(stored) < 1000, len(stored)
         # A new client loads the collected document; the one with the old history comes back.
         late = await clients.start(server.ws_url, "doc", "late")

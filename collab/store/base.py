@@ -467,8 +467,9 @@ class Store(ABC):
     async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,
                              positions: list[int]) -> bool:
         """In one transaction: if the snapshot is still at ``expected_version``, replace it and
-        delete exactly the log entries at ``positions``. Returns False (and changes nothing)
-        when another compaction got there first."""
+        drop exactly the log entries at ``positions`` (no read returns them again; a store may
+        delete them later). Returns False (and changes nothing) when another compaction got
+        there first."""
 
     # --- group commit -----------------------------------------------------------------------
 

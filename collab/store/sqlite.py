@@ -70,6 +70,12 @@ needs no schema version of its own; an older release leaves it alone."""
 recorded in SQLite's ``user_version``. Additive only, so an older release can still open it."""
 
 
+SWEEP_DELAY = 5.0
+"""Seconds the log rows a compaction folded wait before they are deleted, with those of every
+other document folded meanwhile, in one transaction. The rows of documents edited together
+interleave in the log, so deleting one document's rows rewrites most pages of the log's recent
+end; a sweep for many documents writes each page once. Reads skip folded rows meanwhile."""
+
 COLUMNS = {"updates": {"seq", "doc", "data"}, "snapshots": {"doc", "data", "position", "version"}}
 """The tables (and their columns) that make a file a collab store, of any release."""
 
@@ -147,6 +153,20 @@ def migrate(db: sqlite3.Connection) -> None:
             db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {version}; COMMIT;")
 
 
+def sweep_leftovers(db: sqlite3.Connection) -> None:
+    """Delete log rows that a snapshot already holds (folded by a run that stopped before its
+    sweep, or by a release that deleted them at once: then there are none): a look at each
+    snapshotted document's first rows, through the log's index."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("DELETE FROM updates WHERE seq IN (SELECT u.seq FROM snapshots s "
+                   "JOIN updates u ON u.doc = s.doc AND u.seq <= s.position)")
+        db.execute("COMMIT")
+    except BaseException:
+        rollback(db)
+        raise
+
+
 def rollback(db: sqlite3.Connection) -> None:
     """End a failed transaction without hiding why it failed: after some errors ("database or
     disk is full", I/O errors) SQLite has already rolled it back, and a ROLLBACK then fails with
@@ -176,6 +196,11 @@ class SQLiteStore(Store):
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._write_db: sqlite3.Connection | None = None
         self._read_db: sqlite3.Connection | None = None
+        self._folded: dict[str, int] = {}
+        """Documents whose log rows at or below a position were folded into their snapshot and
+        wait for the sweep."""
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._sweeping: asyncio.Future[None] | None = None
         self._reads: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._reads_lock = threading.Lock()
 
@@ -200,6 +225,7 @@ class SQLiteStore(Store):
             self._write_db.executescript(SCHEMA)
             migrate(self._write_db)
             self._write_db.executescript(VERSIONS_SCHEMA)
+            sweep_leftovers(self._write_db)
 
         def open_reader() -> None:
             self._read_db = self._connect()
@@ -208,6 +234,13 @@ class SQLiteStore(Store):
         await self._run(self._reader_pool, open_reader)
 
     async def _close(self) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        if self._sweeping is not None:
+            await asyncio.gather(self._sweeping, return_exceptions=True)
+        await self._sweep()
+
         def close(db: sqlite3.Connection | None) -> Callable[[], None]:
             return lambda: db.close() if db is not None else None
 
@@ -257,8 +290,8 @@ class SQLiteStore(Store):
             try:
                 row = db.execute("SELECT data, version, position FROM snapshots WHERE doc = ?",
                                  (name,)).fetchone()
-                rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? ORDER BY seq",
-                                  (name,)).fetchall()
+                rows = db.execute("SELECT seq, data FROM updates WHERE doc = ? AND seq > ? ORDER BY seq",
+                                  (name, row[2] if row else 0)).fetchall()
                 deleted = db.execute("SELECT 1 FROM documents WHERE doc = ? AND deleted_at IS NOT NULL",
                                      (name,)).fetchone() is not None
             finally:
@@ -318,15 +351,58 @@ class SQLiteStore(Store):
                     "position = excluded.position, version = excluded.version",
                     (name, snapshot, position, expected_version + 1),
                 )
-                db.executemany("DELETE FROM updates WHERE seq = ? AND doc = ?",
-                               [(seq, name) for seq in positions])
                 db.execute("COMMIT")
                 return True
             except BaseException:
                 rollback(db)
                 raise
 
-        return await self._run(self._writer_pool, swap)
+        # The folded rows are the document's rows at or below the snapshot's position (one
+        # writer hands out positions in commit order, so none can appear there later): reads
+        # skip them from now on, and the sweep deletes them.
+        if not await self._run(self._writer_pool, swap):
+            return False
+        self._sweep_later(name, max(positions, default=0))
+        return True
+
+    def _sweep_later(self, name: str, position: int) -> None:
+        self._folded[name] = max(position, self._folded.get(name, 0))
+        if self._sweep_timer is None and self._loop is not None:
+            self._sweep_timer = self._loop.call_later(SWEEP_DELAY, self._start_sweep)
+
+    def _start_sweep(self) -> None:
+        self._sweep_timer = None
+        self._sweeping = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Delete the rows folded since the last sweep, for every document, in one transaction;
+        if the database refuses, they wait for the next sweep (reads skip them all along)."""
+        folded, self._folded = self._folded, {}
+        if not folded:
+            return
+
+        def sweep() -> int:
+            db = self._write_db
+            assert db is not None
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = db.executemany("DELETE FROM updates WHERE doc = ? AND seq <= ?",
+                                         list(folded.items())).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                rollback(db)
+                raise
+            return deleted
+
+        try:
+            deleted = await self._run(self._writer_pool, sweep)
+        except Exception as exc:  # kept for the next sweep, or the next start's
+            log.warning("folded log rows of %d documents not deleted yet: %s", len(folded), exc)
+            if not self._closing:
+                for name, position in folded.items():
+                    self._sweep_later(name, position)
+            return
+        log.debug("swept %d folded log rows of %d documents", deleted, len(folded))
 
     async def _set_deleted(self, name: str, deleted: bool) -> bool:
         now = time.time()
@@ -359,7 +435,8 @@ class SQLiteStore(Store):
             rows = db.execute(
                 "SELECT d.doc, "
                 "  COALESCE((SELECT length(data) FROM snapshots s WHERE s.doc = d.doc), 0) "
-                "  + COALESCE((SELECT sum(length(data)) FROM updates u WHERE u.doc = d.doc), 0), "
+                "  + COALESCE((SELECT sum(length(data)) FROM updates u WHERE u.doc = d.doc AND u.seq > "
+                "      COALESCE((SELECT position FROM snapshots s WHERE s.doc = d.doc), 0)), 0), "
                 "  d.changed_at "
                 "FROM documents d WHERE d.doc > ? AND d.deleted_at IS NULL ORDER BY d.doc LIMIT ?",
                 (start, limit)).fetchall()
