@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -157,11 +157,21 @@ def sweep_leftovers(db: sqlite3.Connection) -> None:
     """Delete log rows that a snapshot already holds (folded by a run that stopped before its
     sweep, or by a release that deleted them at once: then there are none): a look at each
     snapshotted document's first rows, through the log's index."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with writing(db):
         db.execute("DELETE FROM updates WHERE seq IN (SELECT u.seq FROM snapshots s "
                    "JOIN updates u ON u.doc = s.doc AND u.seq <= s.position)")
-        db.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def writing(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE``): committed when the block ends, unless the
+    block ended it itself (a ``ROLLBACK`` of a change it decided against); rolled back on an
+    error, which is raised as SQLite reported it."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        if db.in_transaction:
+            db.execute("COMMIT")
     except BaseException:
         rollback(db)
         raise
@@ -265,18 +275,13 @@ class SQLiteStore(Store):
         def write() -> list[int]:
             db = self._write_db
             assert db is not None
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with writing(db):
                 db.executemany("INSERT INTO updates (doc, data) VALUES (?, ?)", batch)
                 last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
                 db.executemany(
                     "INSERT INTO documents (doc, changed_at) VALUES (?, ?) "
                     "ON CONFLICT (doc) DO UPDATE SET changed_at = excluded.changed_at",
                     [(name, now) for name in {name for name, _ in batch}])
-                db.execute("COMMIT")
-            except BaseException:
-                rollback(db)
-                raise
             # AUTOINCREMENT inside one write transaction hands out consecutive positions.
             return list(range(last - len(batch) + 1, last + 1))
 
@@ -338,8 +343,7 @@ class SQLiteStore(Store):
         def swap() -> bool:
             db = self._write_db
             assert db is not None
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with writing(db):
                 row = db.execute("SELECT version, position FROM snapshots WHERE doc = ?", (name,)).fetchone()
                 if (row[0] if row else 0) != expected_version:
                     db.execute("ROLLBACK")
@@ -351,11 +355,7 @@ class SQLiteStore(Store):
                     "position = excluded.position, version = excluded.version",
                     (name, snapshot, position, expected_version + 1),
                 )
-                db.execute("COMMIT")
-                return True
-            except BaseException:
-                rollback(db)
-                raise
+            return True
 
         # The folded rows are the document's rows at or below the snapshot's position (one
         # writer hands out positions in commit order, so none can appear there later): reads
@@ -384,15 +384,9 @@ class SQLiteStore(Store):
         def sweep() -> int:
             db = self._write_db
             assert db is not None
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                deleted = db.executemany("DELETE FROM updates WHERE doc = ? AND seq <= ?",
-                                         list(folded.items())).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                rollback(db)
-                raise
-            return deleted
+            with writing(db):
+                return db.executemany("DELETE FROM updates WHERE doc = ? AND seq <= ?",
+                                      list(folded.items())).rowcount
 
         try:
             deleted = await self._run(self._writer_pool, sweep)
@@ -410,8 +404,7 @@ class SQLiteStore(Store):
         def write() -> bool:
             db = self._write_db
             assert db is not None
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with writing(db):
                 row = db.execute("SELECT deleted_at FROM documents WHERE doc = ?", (name,)).fetchone()
                 was_deleted = row is not None and row[0] is not None
                 dropped = db.execute("DELETE FROM updates WHERE doc = ?", (name,)).rowcount
@@ -419,10 +412,6 @@ class SQLiteStore(Store):
                 db.execute("INSERT INTO documents (doc, changed_at, deleted_at) VALUES (?, ?, ?) "
                            "ON CONFLICT (doc) DO UPDATE SET changed_at = excluded.changed_at, "
                            "deleted_at = excluded.deleted_at", (name, now, now if deleted else None))
-                db.execute("COMMIT")
-            except BaseException:
-                rollback(db)
-                raise
             return (dropped > 0 and not was_deleted) if deleted else was_deleted
 
         return await self._run(self._writer_pool, write)
