@@ -129,8 +129,9 @@ def test_pages_fall_back_co_edit_with_a_websocket_client_save_and_leave(
     assert 1 <= idle <= 9, bob_polls[before:]
 
     # Ada closes her tab: her goodbye removes her for the others at once, well before the 20 s
-    # her presence would otherwise be held (and the housekeeping round after it).
-    ada.close()
+    # her presence would otherwise be held (and the housekeeping round after it). The tab, not
+    # her whole browser: a browser shut down with it may drop the goodbye still on its way.
+    ada.page.close()
     bob.page.wait_for_function(
         "() => ![...document.querySelectorAll('#people-list .person-name')]"
         ".some(e => e.textContent === 'Ada')", timeout=15_000)
