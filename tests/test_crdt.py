@@ -136,6 +136,30 @@ def test_edit_text_insert_delete_and_no_op() -> None:
     assert doc.text() == "heLLo"
 
 
+def test_a_document_that_only_loads_holds_what_a_live_one_does() -> None:
+    writer = crdt.Document()
+    updates = [writer.edit_text(0, "typed text"), writer.edit_text(5, "and moved "),
+               writer.edit_text(0, "", delete=3)]
+    stored = [u for u in updates if u is not None]
+    live, loading = crdt.Document(), crdt.Document(live=False)
+    assert live.load(stored) == [] and loading.load(stored) == []
+    assert loading.text() == live.text() == writer.text()
+    assert loading.clocks() == live.clocks()
+    assert loading.full_state() == live.full_state()
+
+
+def test_a_document_that_only_loads_refuses_a_live_update_and_stays_as_it_was() -> None:
+    writer = crdt.Document()
+    first, second = writer.edit_text(0, "stored"), writer.edit_text(6, " then typed")
+    assert first is not None and second is not None
+    doc = crdt.Document(live=False)
+    doc.load([first])
+    with pytest.raises(RuntimeError, match="only loads stored updates"):
+        doc.integrate(second)  # its origins could not be checked
+    assert doc.text() == "stored"
+    assert doc.clocks() == crdt.document_from([first]).clocks()
+
+
 def test_load_applies_stored_updates_and_reports_refused_ones() -> None:
     writer = crdt.Document()
     first, second = writer.edit_text(0, "stored "), writer.edit_text(7, "text")
