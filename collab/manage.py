@@ -164,7 +164,7 @@ class StoreDocuments(Documents):
         if not stored.updates:
             raise NotFound(f"no document named {name!r} in {redact_url(self.url)}")
         try:
-            return stored.document().full_state()
+            return stored.document(live=False).full_state()
         except crdt.DamagedDocument as damage:
             raise Problem(f"document {name!r} is damaged in the store: {damage.reason} "
                           "(nothing exported; `collab db check` lists every damaged document)") from damage

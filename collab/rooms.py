@@ -154,7 +154,7 @@ class Rooms:
         if not stored.updates:
             return None
         try:
-            return stored.document()
+            return stored.document(live=False)
         except crdt.DamagedDocument as damage:
             self.found_damaged(name, damage)
             self.damage.damaged_refusals += 1

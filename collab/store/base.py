@@ -65,11 +65,12 @@ class StoredDocument:
         at = index - self.snapshot
         return f"log entry {self.positions[at]}" if at < len(self.positions) else f"update {index}"
 
-    def document(self, into: crdt.Document | None = None) -> crdt.Document:
+    def document(self, into: crdt.Document | None = None, *, live: bool = True) -> crdt.Document:
         """The document these updates make, whole: raises :class:`crdt.DamagedDocument` naming
         the first stored update the gate or the engine refuses, rather than a part of it.
-        ``into``: an empty document to load them into (left damaged on that error)."""
-        doc = into if into is not None else crdt.Document()
+        ``into``: an empty document to load them into (left damaged on that error); else a
+        new one, ``live=False`` for one that is only read (loaded in about half the time)."""
+        doc = into if into is not None else crdt.Document(live=live)
         doc.load(self.updates, whole=self.describe)
         return doc
 
@@ -319,7 +320,7 @@ class Store(ABC):
             if stored.deleted:
                 continue
             try:
-                doc = stored.document()
+                doc = stored.document(live=False)
             except crdt.DamagedDocument as exc:
                 yield name, Damage(name, "damaged", exc.reason)
                 continue
