@@ -136,9 +136,10 @@ class Document:
     def __init__(self, *, max_waiting_bytes: int = MAX_WAITING_BYTES,
                  live: bool = True) -> None:
         """``live=False``: a document that will only :meth:`load` stored updates and be read
-        (a compaction's fold and its check). It keeps no order of items, which loading builds
-        only for the origin checks of later live updates (about half the time of loading a
-        large snapshot); integrating a live update into it raises ``RuntimeError``."""
+        (a compaction's fold and its check, a read of a document no room holds). It keeps no
+        order of items, which loading builds only for the origin checks of later live updates
+        (about half the time of loading a large snapshot); integrating a live update into it
+        raises ``RuntimeError``."""
         self._doc = pycrdt.Doc()
         self._raw: Any = self._doc._doc if _RAW_ENGINE else None
         self._produced: list[bytes] = []
