@@ -345,12 +345,15 @@ class Collab:
         update when it ends (:meth:`apply`), merged with what clients changed meanwhile;
         nothing is applied if it raises."""
         self._running(name)
-        copy = crdt.Document()
+        # Changed only by the engine here (what the block does) and read: loaded, not checked
+        # as a client's update would be, in about a third of the time for a large document.
+        # Its edits are checked where they are applied.
+        copy = crdt.Document(live=False)
         if recreate:
             await self.rooms.revive(name)
         current = await self.rooms.read(name)
-        if current is not None:
-            copy.apply(current.full_state())
+        if current is not None and (refused := copy.load([current.full_state()])):
+            raise refused[0]
         edit = TextEdit(copy)
         yield edit
         if edit.updates:
