@@ -346,7 +346,7 @@ class Collab:
         nothing is applied if it raises."""
         self._running(name)
         # Changed only by the engine here (what the block does) and read: loaded, not checked
-        # as a client's update would be, in about a third of the time for a large document.
+        # as a client's update would be, in less than half the time for a large document.
         # Its edits are checked where they are applied.
         copy = crdt.Document(live=False)
         if recreate:

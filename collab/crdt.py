@@ -116,8 +116,9 @@ class _Waiting:
 
 
 class _NoOrder:
-    """The order of a document that only loads what the store holds: loading places items
-    without checking them, so the order only serves the checks of live updates to come."""
+    """The order of a document that is only loaded, read and edited by the engine (see
+    ``live``): loading places items without checking them, and the engine's own edits need no
+    check, so the order would only serve checks of live updates that never come."""
 
     __slots__ = ()
 
