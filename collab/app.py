@@ -153,6 +153,7 @@ class Collab:
             raise ValueError(f"no built editor in {settings.web_dir} (COLLAB_WEB_DIR): index.html is missing")
         self.store: Store = open_store(settings.store, commit_window=settings.commit_window,
                                        compact_threshold=settings.compact_threshold,
+                                       kept_fold_bytes=settings.compact_cache_bytes,
                                        max_unstored_updates=settings.store_backlog_updates,
                                        max_unstored_bytes=settings.store_backlog_bytes)
         self.bus: Bus = open_bus(settings.redis, settings.instance_id,

@@ -311,6 +311,10 @@ class Settings:
     compact_threshold: int = field(default=500, metadata={"option": Option(
         "fold a document's update log into its snapshot after this many updates",
         "COLLAB_COMPACT_THRESHOLD", positive_int, "UPDATES")})
+    compact_cache_bytes: int = field(default=4 * 1024 * 1024, metadata={"option": Option(
+        "snapshot bytes whose documents compaction keeps in memory to fold the next log into "
+        "(about ten times as much memory; 0 reads every snapshot again)",
+        "COLLAB_COMPACT_CACHE_BYTES", non_negative_int, "BYTES")})
     store_backlog_updates: int = field(default=100_000, metadata={"option": Option(
         "accepted updates kept (and retried) while the store refuses commits, at most; past it "
         "or --store-backlog-bytes, writers are closed with 1013 and resend their edits later",

@@ -125,8 +125,9 @@ async def test_a_collected_snapshot_merges_with_a_client_that_kept_the_old_histo
     history.append(server.edit_text(6, delete=16) or b"")
     history += churn(server, 5, at=6)
     keeper.apply_update(pycrdt.merge_updates(*history[2:]))
-    snapshot = await _fold_collected(history)
-    assert snapshot is not None
+    folded = await _fold_collected(history)
+    assert folded is not None
+    snapshot = folded[0]
     assert b"CHUNK" not in snapshot and b"aaaa" not in snapshot  # the deleted text is gone
     fresh = crdt.document_from([snapshot])
     assert fresh.text() == "start end"
@@ -141,6 +142,90 @@ async def test_a_collected_snapshot_merges_with_a_client_that_kept_the_old_histo
     keeper.apply_update(offline_edit)
     assert fresh.text() == "start [offline]end"
     assert str(offline_text) == str(keeper.get("text", type=pycrdt.Text)) == fresh.text()
+
+
+# --- the next fold starts from the document the last one checked ------------------------------
+
+
+async def _typed_and_compacted(store: Store, name: str, doc: crdt.Document, text: str) -> None:
+    for character in text:
+        update = doc.edit_text(len(doc.text()), character)
+        assert update
+        store.append(name, update)
+    await store.flush()
+    assert await store.compact(name)
+
+
+async def test_the_next_compaction_folds_only_the_log_into_the_document_the_last_one_checked(
+        store: Store) -> None:
+    doc = crdt.Document()
+    await _typed_and_compacted(store, "kept", doc, "first part; ")
+    assert store.stats.compactions_from_kept == 0  # nothing kept yet: the whole log is read
+    await _typed_and_compacted(store, "kept", doc, "second part; ")
+    await _typed_and_compacted(store, "kept", doc, "third")
+    assert store.stats.compactions_from_kept == 2
+    stored = await store.load("kept")
+    assert len(stored.updates) == 1
+    assert stored.document().text() == "first part; second part; third" == doc.text()
+    assert stored.document().clocks() == doc.clocks()
+
+
+async def test_a_kept_document_is_dropped_with_its_document_and_bounded_by_bytes(store_url: str) -> None:
+    store = open_store(store_url, commit_window=0, compact_threshold=1_000_000)
+    await store.open()
+    try:
+        docs = {name: crdt.Document() for name in ("a", "b", "c")}
+        for name, doc in docs.items():
+            await _typed_and_compacted(store, name, doc, "twenty characters ok")
+            if name == "a":  # room for two such snapshots (client ids differ by a byte or two)
+                snapshot = (await store.read_log("a")).snapshot
+                assert snapshot is not None
+                store._kept_folds.max_bytes = 2 * len(snapshot) + 8
+        assert len(store._kept_folds) == 2  # the oldest went
+        await _typed_and_compacted(store, "a", docs["a"], "!")
+        assert store.stats.compactions_from_kept == 0  # "a" was the one that went
+        assert await store.delete("b")
+        assert store._kept_folds.take("b", (await store.read_log("b")).snapshot) is None
+    finally:
+        await store.close()
+    unkept = open_store(store_url, commit_window=0, compact_threshold=1_000_000, kept_fold_bytes=0)
+    await unkept.open()
+    try:
+        await _typed_and_compacted(unkept, "d", crdt.Document(), "x")
+        await _typed_and_compacted(unkept, "d", crdt.Document(), "y")
+        assert len(unkept._kept_folds) == 0 and unkept.stats.compactions_from_kept == 0
+    finally:
+        await unkept.close()
+
+
+@pytest.mark.parametrize("shared", ["sqlite", "postgres"])
+async def test_a_snapshot_another_instance_swapped_in_is_folded_from_what_is_stored(
+        shared: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Two instances on one database: the one that kept a document must not fold the next log
+    into it once the other has compacted the same document (its edits would be lost)."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}" if shared == "sqlite" else str(
+        request.getfixturevalue("postgres_database"))
+    first, second = (open_store(url, commit_window=0, compact_threshold=1_000_000) for _ in range(2))
+    await first.open()
+    await second.open()
+    try:
+        doc = crdt.Document()
+        await _typed_and_compacted(first, "shared", doc, "from the first; ")
+        elsewhere = crdt.Document()
+        elsewhere.load((await second.load("shared")).updates)
+        await _typed_and_compacted(second, "shared", elsewhere, "from the second; ")
+        doc.load([elsewhere.full_state()])
+        await _typed_and_compacted(first, "shared", doc, "the first again")
+        assert first.stats.compactions_from_kept == 0  # the stored snapshot is not the kept one
+        stored = (await first.load("shared")).document()
+        assert stored.text() == "from the first; from the second; the first again"
+        # The first instance kept what it checked this time, and uses it next.
+        await _typed_and_compacted(first, "shared", doc, ".")
+        assert first.stats.compactions_from_kept == 1
+        assert (await second.load("shared")).document().text() == doc.text()
+    finally:
+        await first.close()
+        await second.close()
 
 
 # --- with the stock Yjs client, through a real server -------------------------------------------
@@ -221,7 +306,7 @@ async def test_a_fold_of_many_small_updates_gives_the_loop_back_between_slices(
             turns += 1
 
     counter = asyncio.create_task(count_turns())
-    snapshot = await _fold_collected(typed)
+    folded = await _fold_collected(typed)
     counter.cancel()
-    assert snapshot is not None and crdt.document_from([snapshot]).text() == "x" * 300
+    assert folded is not None and crdt.document_from([folded[0]]).text() == "x" * 300
     assert turns >= 300 // base.FOLD_SLICE_UPDATES

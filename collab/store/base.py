@@ -13,7 +13,7 @@ import logging
 import time
 import zlib
 from abc import ABC, abstractmethod
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +38,10 @@ MAX_BATCH_UPDATES = 5_000
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """One transaction writes at most this much of a backlog: an outage's backlog goes out in
 order, in parts a nearly full disk can still take."""
+
+KEPT_FOLDS_BYTES = 4 * 1024 * 1024
+"""Snapshot bytes whose checked documents compaction keeps for the next fold (the setting
+``compact_cache_bytes``); a kept document takes about ten times its snapshot in memory."""
 
 LAST_ATTEMPT_GRACE = 5.0
 """Seconds a closing store waits for the write attempt in progress when its time is up."""
@@ -143,6 +147,54 @@ class LogSlice:
         return ([self.snapshot] if self.snapshot is not None else []) + self.updates
 
 
+class KeptFolds:
+    """The document each recent compaction checked its snapshot with, kept to start the next
+    fold of that document from: the fold then reads only the log, not the whole snapshot
+    again through the gate (the larger part of a compaction once a document has grown).
+
+    A kept document stands for the exact bytes it was loaded from; it is used only when the
+    store still holds those bytes as the snapshot (compared in full, so a snapshot another
+    instance swapped in, or a document deleted and written again, is never mistaken for it).
+    Least recently compacted first out, bounded by the bytes of the snapshots kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._kept: OrderedDict[str, tuple[bytes, crdt.Document]] = OrderedDict()
+        self._bytes = 0
+
+    def take(self, name: str, snapshot: bytes | None) -> crdt.Document | None:
+        """The document loaded from ``snapshot``, if kept; it is no longer kept (a fold
+        changes it, and a failed fold must not leave it half changed)."""
+        kept = self._kept.pop(name, None)
+        if kept is None:
+            return None
+        self._bytes -= len(kept[0])
+        data, doc = kept
+        return doc if snapshot is not None and data == snapshot and not doc.damaged else None
+
+    def keep(self, name: str, snapshot: bytes, doc: crdt.Document) -> None:
+        self.drop(name)
+        if len(snapshot) > self.max_bytes:
+            return
+        self._kept[name] = (snapshot, doc)
+        self._bytes += len(snapshot)
+        while self._bytes > self.max_bytes:
+            _name, (data, _doc) = self._kept.popitem(last=False)
+            self._bytes -= len(data)
+
+    def drop(self, name: str) -> None:
+        kept = self._kept.pop(name, None)
+        if kept is not None:
+            self._bytes -= len(kept[0])
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
 @dataclass(slots=True)
 class PendingAppend:
     name: str
@@ -165,6 +217,8 @@ class StoreStats:
     compaction_failures: int = counter("compactions that failed (the log is kept)")
     collected_compactions: int = counter("compactions that collected deleted content (the log "
                                          "was causally complete; the others merge it)")
+    compactions_from_kept: int = counter("compactions that started from the document the last "
+                                         "one checked, reading only the log")
 
 
 class StoreClosed(RuntimeError):
@@ -188,7 +242,8 @@ class Store(ABC):
 
     def __init__(self, *, commit_window: float = 0.005, compact_threshold: int = 500,
                  max_unstored_updates: int = MAX_UNSTORED_UPDATES,
-                 max_unstored_bytes: int = MAX_UNSTORED_BYTES, retry_max: float = RETRY_MAX) -> None:
+                 max_unstored_bytes: int = MAX_UNSTORED_BYTES, retry_max: float = RETRY_MAX,
+                 kept_fold_bytes: int = KEPT_FOLDS_BYTES) -> None:
         self.commit_window = commit_window
         self.compact_threshold = compact_threshold
         self.max_unstored_updates = max_unstored_updates
@@ -212,6 +267,7 @@ class Store(ABC):
         """Accepted updates given up on when the store closed (0 after a clean close)."""
         self._since_compaction: dict[str, int] = defaultdict(int)
         self._compacting: dict[str, asyncio.Task[bool]] = {}
+        self._kept_folds = KeptFolds(kept_fold_bytes)
         # One merge at a time, on one thread: the engine holds the GIL while it works, and many
         # rooms crossing the threshold together would otherwise stall the event loop at once.
         self._compactor = ThreadPoolExecutor(1, thread_name_prefix="compactor")
@@ -240,6 +296,7 @@ class Store(ABC):
         await self._stop_writer()
         self.is_open = False
         self._compactor.shutdown(wait=True)
+        self._kept_folds.clear()
         await self._close()
         return self.not_stored
 
@@ -345,6 +402,7 @@ class Store(ABC):
         made before the call are stored first (then deleted with the rest). Returns whether
         there was a document to delete."""
         await self._settle(name)
+        self._kept_folds.drop(name)
         deleted = await self._set_deleted(name, True)
         await self._drop_versions(name)
         return deleted
@@ -570,16 +628,21 @@ class Store(ABC):
         if not part.positions or part.deleted:
             self._since_compaction.pop(name, None)
             return False
-        inputs = part.everything
-        snapshot = await _fold_collected(inputs)
-        collected = snapshot is not None
-        if snapshot is None:
+        base = self._kept_folds.take(name, part.snapshot)
+        folded = await _fold_collected(part.updates if base is not None else part.everything, base)
+        collected = folded is not None
+        if folded is None:
             loop = asyncio.get_running_loop()
-            snapshot = await loop.run_in_executor(self._compactor, _merge_verified, inputs)
+            snapshot = await loop.run_in_executor(self._compactor, _merge_verified, part.everything)
+        else:
+            snapshot, checked = folded
         swapped = await self._swap_snapshot(name, part.version, snapshot, part.positions)
+        if swapped and folded is not None:
+            self._kept_folds.keep(name, snapshot, checked)
         if swapped:
             self.stats.compactions += 1
             self.stats.collected_compactions += collected
+            self.stats.compactions_from_kept += base is not None
             self.stats.compacted_entries += len(part.positions)
             left = self._since_compaction[name] - len(part.positions)
             if left > 0:
@@ -609,17 +672,20 @@ FOLD_SLICE_SECONDS = 0.002
 """The event loop is given back at least this often while a compaction folds."""
 
 
-async def _fold_collected(inputs: list[bytes]) -> bytes | None:
+async def _fold_collected(inputs: list[bytes], base: crdt.Document | None = None
+                          ) -> tuple[bytes, crdt.Document] | None:
     """Fold the updates through a document, which collects deleted content (Yjs garbage
     collection: a deleted item keeps its id, origins and length, not its content), and encode
-    it. Only when the log is causally complete: None when something would wait for changes the
+    it; ``base``: a document holding what comes before ``inputs`` (the snapshot they follow),
+    folded into. Returns the snapshot and the document that checked it, loaded from it alone.
+    Only when the log is causally complete: None when something would wait for changes the
     store does not have (a fold would leave it out; the verified merge keeps it). A stored
     update that the gate or the engine refuses is an error: compaction never drops one.
 
     On the event loop, in slices of a few updates, yielding every couple of milliseconds: on a
     thread, the engine and the gate would hold the GIL in 5 ms turns against the event loop's
     every wake-up (edits then waited for hundreds of milliseconds)."""
-    doc = crdt.Document(live=False)
+    doc = base if base is not None else crdt.Document(live=False)
     given_back = time.perf_counter()
     start = 0
     while start < len(inputs):
@@ -645,7 +711,7 @@ async def _fold_collected(inputs: list[bytes]) -> bytes | None:
     if check.load([snapshot]) or check.waiting or check.clocks() != doc.clocks() or (
             check.text() != doc.text()):
         raise RuntimeError("the collected snapshot does not give back the document it encodes")
-    return snapshot
+    return snapshot, check
 
 
 def _merge_verified(inputs: list[bytes]) -> bytes:
