@@ -10,6 +10,8 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,27 @@ def test_fanout_counts_every_delivery_and_the_servers_cpu(server: ServerProcess,
     assert isinstance(r["generator_cpu_percent"], (int, float))
 
 
+def _metric(server: ServerProcess, name: str) -> float:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def test_rooms_spread_over_several_servers_and_their_cpu_adds_up(
+        server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    servers = [server_factory(f"sqlite:///{tmp_path / f'collab-{i}.db'}") for i in range(2)]
+    r = report("fanout", "--url", ",".join(s.ws_url for s in servers), "--rooms", "4", "--clients", "3",
+               "--rate", "20", "--duration", "1", "--warmup", "0.2",
+               "--server-pid", ",".join(str(s.process.pid) for s in servers if s.process))
+    assert r["lost"] == 0 and r["converged"] is True and r["rooms_checked"] == 4
+    # rooms 0 and 2 on the first server, 1 and 3 on the second: each stored its half
+    stored = [_metric(s, "collab_store_committed_updates_total") for s in servers]
+    assert all(n >= 20 for n in stored) and sum(stored) >= r["edits_sent"]
+    assert isinstance(r["server_cpu_seconds"], (int, float)) and r["server_cpu_seconds"] > 0
+
+
 def test_presence_moves_reach_every_other_client(server: ServerProcess) -> None:
     r = report("presence", "--url", server.ws_url, "--clients", "6", "--rate", "5", "--duration", "1")
     assert r["presence_known_at_start_min"] == 5  # the room's presence, several states in a message
@@ -85,6 +108,10 @@ def test_bad_options_get_a_clear_error() -> None:
     assert done.returncode == 2 and "expected a scenario" in done.stderr
     done = loadgen("fanout", "--url", "ws://127.0.0.1:1/", "--socket", "tcp")
     assert done.returncode == 2 and "--socket is lean" in done.stderr
+    done = loadgen("fanout", "--url", "ws://127.0.0.1:1/,ws://127.0.0.1:2/", "--spread", "documents")
+    assert done.returncode == 2 and "--spread expects rooms or clients" in done.stderr
+    done = loadgen("fanout", "--url", "ws://127.0.0.1:1/", "--server-pid", "12,x")
+    assert done.returncode == 2 and "--server-pid expects a process id" in done.stderr
 
 
 def test_harness_runs_a_short_scenario_and_writes_a_report(tmp_path: Path) -> None:

@@ -7,6 +7,9 @@
 //
 // With --server-pid the report includes the server's CPU (and memory for `idle`), read from
 // /proc, over exactly the measured window. Run it pinned to a core of its own (taskset).
+// Several servers: --url and --server-pid take comma-separated lists (the CPU is their sum);
+// each room goes to one of them (--spread rooms), or each room's clients are dealt over all
+// of them (--spread clients).
 import { parseArgs } from 'node:util'
 import * as scenarios from './lib/scenarios.mjs'
 
@@ -35,6 +38,7 @@ const OPTIONS = {
   replica: { type: 'string', default: 'lazy' },
   deflate: { type: 'boolean', default: false },
   socket: { type: 'string', default: 'lean' },
+  spread: { type: 'string', default: 'rooms' },
   seed: { type: 'string', default: '1' },
   factor: { type: 'string', default: '1.3' },
   steps: { type: 'string', default: '12' },
@@ -77,7 +81,12 @@ const main = async () => {
   const { values, positionals } = parsed
   const scenario = SCENARIOS[positionals[0]]
   if (!scenario) fail(`expected a scenario (${Object.keys(SCENARIOS).join(', ')}), got ${JSON.stringify(positionals[0])}`)
-  if (!values.url || !/^wss?:\/\/[^/]+/.test(values.url)) fail(`--url expects ws://HOST:PORT/PATH, got ${JSON.stringify(values.url)}`)
+  if (!values.url || !values.url.split(',').every((u) => /^wss?:\/\/[^/]+/.test(u))) fail(`--url expects ws://HOST:PORT/PATH (or several, comma-separated), got ${JSON.stringify(values.url)}`)
+  const pids = values['server-pid'].split(',').map((pid) => {
+    const value = Number(pid)
+    if (!Number.isInteger(value) || value < 0) fail(`--server-pid expects a process id (or several, comma-separated), got ${JSON.stringify(values['server-pid'])}`)
+    return value
+  })
   if (!['lazy', 'full'].includes(values.replica)) fail('--replica is lazy or full')
   if (!['lean', 'ws'].includes(values.socket)) fail('--socket is lean (the default) or ws')
   const opts = {
@@ -95,6 +104,7 @@ const main = async () => {
     replica: values.replica,
     deflate: values.deflate,
     socket: values.socket,
+    spread: values.spread,
     seed: number(values, 'seed', { integer: true }),
     factor: number(values, 'factor', { min: 1.001 }),
     steps: number(values, 'steps', { integer: true, min: 1 }),
@@ -108,12 +118,14 @@ const main = async () => {
     repeat: number(values, 'repeat', { integer: true, min: 1 }),
     progress: values.progress,
     meter: {
-      serverPid: number(values, 'server-pid', { integer: true }),
+      serverPid: pids[0],
+      serverPids: pids.length > 1 ? pids : null,
       clockTicks: number(values, 'clock-ticks', { integer: true, min: 1 }),
       serverCore: number(values, 'server-core', { integer: true, min: -1 }),
       generatorCore: number(values, 'generator-core', { integer: true, min: -1 })
     }
   }
+  if (!['rooms', 'clients'].includes(opts.spread)) fail(`--spread expects rooms or clients, got ${JSON.stringify(opts.spread)}`)
   if (opts.writers > opts.clients) fail(`--writers (${opts.writers}) must not exceed --clients (${opts.clients})`)
   opts.seedDocument = !values['no-seed']
   if ((positionals[0] === 'seed-docs' || positionals[0] === 'open-docs') && !opts.room) fail('--room names the documents (ROOM-0, ROOM-1, ...)')

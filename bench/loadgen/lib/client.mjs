@@ -84,8 +84,11 @@ export class UpdateLog {
 
 /** Shared state of one generator process: send times, the current window, connection errors. */
 export class Run {
-  constructor ({ url, replica = 'lazy', deflate = false, connectTimeout = 10, query = '', socket = 'lean' }) {
-    Object.assign(this, { url, replica, deflate, connectTimeout, query, socket })
+  constructor ({ url, replica = 'lazy', deflate = false, connectTimeout = 10, query = '', socket = 'lean', spread = 'rooms' }) {
+    Object.assign(this, { url, replica, deflate, connectTimeout, query, socket, spread })
+    // several servers (comma-separated): each room on one of them, or each room's clients
+    // dealt over all of them (`spread`)
+    this.urls = url.split(',').map((u) => u.replace(/\/$/, ''))
     this.sentAt = [] // per writer: send time (ms) of each seq
     this.presenceSentAt = new Map() // awareness client id -> send time (ms) of each clock
     this.window = new Window()
@@ -100,8 +103,10 @@ export class Run {
     return this.sentAt.length - 1
   }
 
-  roomUrl (room) {
-    return this.url.replace(/\/$/, '') + '/' + room + (this.query ? '?' + this.query : '')
+  roomUrl (room, client = 0) {
+    const urls = this.urls
+    const base = urls.length === 1 ? urls[0] : urls[(this.spread === 'clients' ? client : room.index) % urls.length]
+    return base + '/' + room.name + (this.query ? '?' + this.query : '')
   }
 
   lostConnection (code, reason) {
@@ -113,8 +118,9 @@ export class Run {
 
 /** A room as the generator sees it: its clients and how many are synced now. */
 export class Room {
-  constructor (name) {
+  constructor (name, index = 0) {
     this.name = name
+    this.index = index // its place among the run's rooms (which server it is on, of several)
     this.clients = []
     this.live = 0
   }
@@ -124,6 +130,7 @@ export class Client {
   constructor (run, room, { writer = false, presence = false, relayPresence = false, wantLength = 0 } = {}) {
     this.run = run
     this.room = room
+    this.position = room.clients.length // its place in the room (which server, with --spread clients)
     this.writerId = writer ? run.newWriter() : -1
     this.ws = null
     this.alive = false
@@ -167,7 +174,7 @@ export class Client {
   open () {
     const run = this.run
     return new Promise((resolve, reject) => {
-      const url = run.roomUrl(this.room.name)
+      const url = run.roomUrl(this.room, this.position)
       const opened = () => {
         this.alive = true
         const sv = this.doc ? Y.encodeStateVector(this.doc) : new Uint8Array([0])

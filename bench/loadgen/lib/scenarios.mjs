@@ -61,7 +61,7 @@ export const openClients = async (run, clients, concurrency = 64) => {
 const makeRooms = (run, name, rooms, clients, writers, options = {}) => {
   const made = []
   for (let i = 0; i < rooms; i++) {
-    const room = new Room(`${name}-${i}`)
+    const room = new Room(`${name}-${i}`, i)
     for (let j = 0; j < clients; j++) room.clients.push(new Client(run, room, { writer: j < writers, ...options }))
     made.push(room)
   }
@@ -128,7 +128,7 @@ const drain = async (run, timeout) => {
 
 /** The server's text of a room: what a fresh client syncs. */
 const serverText = async (run, room) => {
-  const auditor = new Client(run, new Room(room))
+  const auditor = new Client(run, new Room(room.name, room.index))
   try {
     const { failures } = await openClients(run, [auditor], 1)
     return failures ? null : textOf(auditor.syncPayload)
@@ -144,7 +144,7 @@ const checkConvergence = async (run, rooms) => {
   let converged = 0
   const diverged = []
   for (const room of rooms) {
-    const reference = await serverText(run, room.name)
+    const reference = await serverText(run, room)
     const texts = new Set(room.clients.filter((c) => c.alive).map((c) => c.finalText()))
     if (reference !== null && [...texts].every((t) => t === reference)) converged += 1
     else diverged.push(room.name)
@@ -417,13 +417,14 @@ export const prose = (size, seed = 1) => {
  * it. Returns the writer, still connected: servers without a store drop a document when its
  * last client leaves. */
 const seedDocument = async (run, room, size, timeout = 60) => {
-  const writer = new Client(run, new Room(room), { writer: true })
+  const target = new Room(room)
+  const writer = new Client(run, target, { writer: true })
   const { failures } = await openClients(run, [writer], 1)
   if (failures) throw new Error(`cannot connect to seed ${room}`)
   writer.insert(prose(size))
   const deadline = now() + timeout * 1000
   for (;;) {
-    const text = await serverText(run, room)
+    const text = await serverText(run, target)
     if (text !== null && text.length >= size) return writer
     if (now() > deadline) throw new Error(`the server did not hold the ${size}-character document in time`)
     await sleep(50)
@@ -496,7 +497,7 @@ export const seedDocs = async (opts) => {
  * connections per second and each client's connect-to-synced time. */
 export const openDocs = async (opts) => {
   const run = new Run(opts)
-  const clients = Array.from({ length: opts.docs }, (_, i) => new Client(run, new Room(`${opts.room}-${i}`), { wantLength: opts.size }))
+  const clients = Array.from({ length: opts.docs }, (_, i) => new Client(run, new Room(`${opts.room}-${i}`, i), { wantLength: opts.size }))
   const meter = new Meter(opts.meter).start()
   const started = now()
   const { failures } = await openClients(run, clients, opts.connectConcurrency)

@@ -38,8 +38,13 @@ const coreTimes = () => {
  * than the two processes themselves means that something else on the machine got in the way).
  */
 export class Meter {
-  constructor ({ serverPid = 0, clockTicks = 100, serverCore = -1, generatorCore = -1 } = {}) {
-    Object.assign(this, { serverPid, clockTicks, serverCore, generatorCore })
+  constructor ({ serverPid = 0, serverPids = null, clockTicks = 100, serverCore = -1, generatorCore = -1 } = {}) {
+    Object.assign(this, { serverPid, serverPids, clockTicks, serverCore, generatorCore })
+  }
+
+  /** The CPU of the server, or of all its processes (``serverPids``) together. */
+  serverCpuSeconds () {
+    return (this.serverPids || [this.serverPid]).reduce((sum, pid) => sum + processCpuSeconds(pid, this.clockTicks), 0)
   }
 
   start () {
@@ -47,7 +52,7 @@ export class Meter {
     this.cpu0 = process.cpuUsage()
     this.elu0 = performance.eventLoopUtilization()
     this.cores0 = coreTimes()
-    this.server0 = this.serverPid ? processCpuSeconds(this.serverPid, this.clockTicks) : 0
+    this.server0 = this.serverPid ? this.serverCpuSeconds() : 0
     return this
   }
 
@@ -69,7 +74,7 @@ export class Meter {
       server_core_busy_percent: coreBusy(this.serverCore)
     }
     if (this.serverPid) {
-      const seconds = processCpuSeconds(this.serverPid, this.clockTicks) - this.server0
+      const seconds = this.serverCpuSeconds() - this.server0
       out.server_cpu_seconds = round(seconds, 3)
       out.server_cpu_percent = round((100 * seconds) / wall)
     }
