@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -229,6 +230,8 @@ class RedisBus(Bus):
         self._sub: AbstractConnection | None = None
         self._confirming: dict[bytes, asyncio.Future[None]] = {}
         self._sub_ok = False
+        self._heard = 0.0
+        """When the subscriber last read anything (the loop's clock)."""
         self._pub_ok = True
         self._publishing_since: float | None = None
         """When the batch being published was sent, until Redis answered it."""
@@ -423,9 +426,13 @@ class RedisBus(Bus):
                 self._enqueue(room, MARKER)
 
     async def _command(self, conn: AbstractConnection, *commands: tuple[Any, ...]) -> None:
+        """Send a pipelined batch and read its answers, all within the connection's timeout:
+        one timeout for the batch, not one per answer (an asyncio timeout per read was a
+        good part of the bus's CPU under load)."""
         await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-        for _ in commands:
-            await conn.read_response()
+        async with asyncio.timeout(self._pool.connection_kwargs["socket_timeout"]):
+            for _ in commands:
+                await conn.read_response(timeout=math.inf)
 
     async def _connect(self, role: str) -> AbstractConnection:
         kwargs = {**self._pool.connection_kwargs, "client_name": f"collab-{self.instance_id}-{role}"}
@@ -474,18 +481,46 @@ class RedisBus(Bus):
             backoff = min(backoff * 2, self.max_backoff)
 
     async def _read(self, conn: AbstractConnection) -> None:
-        pinged = False
-        while True:
-            response = await conn.read_response(
-                timeout=self.answer_timeout if pinged else self.ping_interval)
-            if response is None:
-                if pinged:
-                    raise ConnectionError(f"Redis did not answer a ping within {self.answer_timeout} s")
+        """Handle what the subscription brings. Reads wait without a timeout of their own (one
+        per message was a good part of the bus's CPU under load): :meth:`_watch` pings a quiet
+        link and drops one that leaves its ping unanswered, which ends the read."""
+        loop = asyncio.get_running_loop()
+        self._heard = loop.time()
+        hung: list[str] = []
+        watchdog = asyncio.create_task(self._watch(conn, hung), name="redis-bus-watchdog")
+        try:
+            while True:
+                response = await conn.read_response(timeout=math.inf)
+                self._heard = loop.time()
+                self._handle(response)
+        except _FAILURES as exc:
+            if hung:
+                raise ConnectionError(hung[0]) from exc
+            raise
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+
+    async def _watch(self, conn: AbstractConnection, hung: list[str]) -> None:
+        """Ping after ``ping_interval`` without traffic; if nothing at all comes back within
+        ``answer_timeout`` of the ping, say why in ``hung`` and disconnect (the read fails)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                quiet = loop.time() - self._heard
+                if quiet < self.ping_interval:
+                    await asyncio.sleep(self.ping_interval - quiet)
+                    continue
+                pinged_at = loop.time()
                 await conn.send_command("PING", check_health=False)
-                pinged = True
-                continue
-            pinged = False
-            self._handle(response)
+                while self._heard < pinged_at and loop.time() - pinged_at < self.answer_timeout:
+                    await asyncio.sleep(min(self.answer_timeout - (loop.time() - pinged_at), 0.1))
+                if self._heard < pinged_at:
+                    hung.append(f"Redis did not answer a ping within {self.answer_timeout} s")
+                    break
+        except _FAILURES as exc:
+            hung.append(f"pinging Redis failed: {exc}")
+        await conn.disconnect(nowait=True)
 
     def _handle(self, response: Any) -> None:
         if not isinstance(response, list) or len(response) < 3:
