@@ -209,3 +209,33 @@ async def test_compaction_keeps_an_update_stored_before_its_dependency(store: Po
     assert await store.compact(name) is True
     await store.append(name, updates[0])
     assert text_of((await store.load(name)).updates) == text
+
+
+async def test_a_commit_holds_the_lock_of_every_document_it_writes(store: PostgresStore,
+                                                                   database: str) -> None:
+    """The commit takes each of its documents' advisory locks, in one statement and in the
+    order of their keys: a commit of three documents waits while another session holds the
+    lock of any one of them."""
+    from collab.store.postgres import DOC_LOCK_SPACE, doc_lock_key
+
+    names = [doc_name() for _ in range(3)]
+    other = await asyncpg.connect(database)
+    try:
+        async with other.transaction():
+            await other.execute("SELECT pg_advisory_xact_lock($1, $2)", DOC_LOCK_SPACE,
+                                doc_lock_key(names[2]))
+            stored = [store.append(name, typing_updates(1, name)[0][0]) for name in names]
+            done, _ = await asyncio.wait(stored, timeout=0.5)
+            assert not done  # the commit waits for the lock the other session holds
+            held = await other.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND granted "
+                "AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database())", DOC_LOCK_SPACE)
+            # the commit took, in order, the locks that sort before the one it waits for
+            blocked = doc_lock_key(names[2])
+            assert held == sum(doc_lock_key(name) < blocked for name in names)
+        assert len(set(await asyncio.wait_for(asyncio.gather(*stored), 10))) == 3
+    finally:
+        await other.close()
+    for name in names:
+        assert text_of((await store.load(name)).updates) == f"{name}0 "

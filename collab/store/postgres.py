@@ -117,8 +117,10 @@ class PostgresStore(Store):
         names = [name for name, _ in batch]
         keys = sorted({doc_lock_key(name) for name in names})  # one order everywhere: no deadlock
         async with self.pool.acquire() as conn, conn.transaction():
-            for key in keys:
-                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", DOC_LOCK_SPACE, key)
+            # In one round trip, in that order (volatile functions run after the ORDER BY).
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int[]) WITH ORDINALITY AS t(k, i) "
+                "ORDER BY i", DOC_LOCK_SPACE, keys)
             rows = await conn.fetch(
                 "INSERT INTO collab_updates (doc, data) "
                 "SELECT d, u FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS t(d, u, i) "
