@@ -46,7 +46,7 @@ from run import LOAD_CPU, LOADGEN, SERVER_CPU, Running, Server, _collab  # noqa:
 
 from tests.services import POSTGRES_URL, PrivateRedis, with_database  # noqa: E402
 
-SETUPS = ("sqlite", "postgres+redis", "2 processes, rooms apart", "2 processes, rooms shared")
+SETUPS = ("sqlite", "postgres+redis", "2 processes: rooms apart", "2 processes: rooms shared")
 
 
 def progress(text: str) -> None:
