@@ -323,3 +323,30 @@ async def test_unconfirmed_updates_are_handed_over(make_bus: Callable[..., Redis
     assert sorted([first, second]) == [b"failed", b"never"]
     assert handed.empty() and b.stats.handed_over == 2
     never.cancel()
+
+
+@pytest.mark.redis
+async def test_commits_are_confirmed_in_one_frame_per_room_and_pause(
+        make_bus: Callable[..., RedisBus]) -> None:
+    """Ten updates stored by ten commits, one loop turn apart: the publisher confirms them with
+    one COMMITTED frame, and the receiver hands none of them over."""
+    a, b = make_bus(confirm_timeout=0.4), make_bus(confirm_timeout=0.4)
+    await asyncio.gather(a.open(), b.open())
+    lb = Listener()
+    handed: asyncio.Queue[bytes] = asyncio.Queue()
+    await a.subscribe("c", Listener().on_message, Listener().on_gap)
+    await b.subscribe("c", lb.on_message, lb.on_gap, handed.put_nowait)
+    loop = asyncio.get_running_loop()
+    commits = [loop.create_future() for _ in range(10)]
+    for i, commit in enumerate(commits):
+        a.publish("c", Kind.UPDATE, b"u%d" % i, durable=commit)
+    assert [(await lb.next()).payload for _ in range(10)] == [b"u%d" % i for i in range(10)]
+    for commit in commits:
+        commit.set_result(1)
+        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        while a.stats.published < 11:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.6)  # past the receiver's confirm_timeout
+    assert a.stats.published == 11  # ten updates, one COMMITTED frame
+    assert handed.empty() and b.stats.handed_over == 0

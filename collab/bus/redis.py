@@ -26,7 +26,8 @@ Handoff of uncommitted updates: an update is broadcast before its publisher comm
 publisher dies inside its commit window, the other instances already hold the update, so a
 client that reconnects to them has nothing to resend, and the update would exist only in
 memory. So when ``publish`` is given the store's commit future, the frame is marked as awaiting
-commit and the publisher later sends a small ``committed up to seq N`` frame. Receivers that
+commit and the publisher later sends a small ``committed up to seq N`` frame (one per room for
+the commits of a tenth of a second, :data:`COMMIT_NOTICE_DELAY`). Receivers that
 subscribed with ``on_unconfirmed`` keep such updates until confirmed; any still unconfirmed
 after ``confirm_timeout`` is handed to ``on_unconfirmed`` so the receiver stores it itself
 (duplicates in the log are harmless).
@@ -73,6 +74,11 @@ _CODES = {MARKER, UPDATE, AWARENESS, HELD_UPDATE, COMMITTED, DELETED, GOODBYE}
 _KIND_OF_CODE = {UPDATE: Kind.UPDATE, AWARENESS: Kind.AWARENESS, HELD_UPDATE: Kind.UPDATE,
                  DELETED: Kind.DELETED, GOODBYE: Kind.GOODBYE}
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError, EOFError)
+COMMIT_NOTICE_DELAY = 0.1
+"""Seconds a publisher gathers its commits before telling the others (one COMMITTED frame per
+room for all of them, instead of one per commit: under steady typing, a frame for about every
+update); at most a quarter of ``confirm_timeout``, so no receiver hands over an update that
+was stored."""
 
 
 # --- wire format (sans-I/O) -------------------------------------------------------------------
@@ -218,6 +224,7 @@ class RedisBus(Bus):
         )
         self._rooms: dict[str, tuple[OnMessage, OnGap, OnUnconfirmed | None]] = {}
         self._held = HeldUpdates(confirm_timeout)
+        self._commit_delay = min(COMMIT_NOTICE_DELAY, confirm_timeout / 4)
         self._committed: dict[str, int] = {}
         self._commit_flush: asyncio.Handle | None = None
         self._tracker = SequenceTracker()
@@ -254,6 +261,9 @@ class RedisBus(Bus):
 
     async def close(self) -> None:
         """Send what is queued (briefly), then disconnect and drop every subscription."""
+        if self._commit_flush is not None:  # the commits gathered so far go out first
+            self._commit_flush.cancel()
+            self._send_commits()
         self._closing = True
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._drained(), 1.0)
@@ -353,8 +363,9 @@ class RedisBus(Bus):
         if done.cancelled() or done.exception() is not None:
             return
         self._committed[room] = max(seq, self._committed.get(room, 0))
-        if self._commit_flush is None:  # one COMMITTED frame per room per loop turn
-            self._commit_flush = asyncio.get_running_loop().call_soon(self._send_commits)
+        if self._commit_flush is None:  # one COMMITTED frame per room per delay
+            self._commit_flush = asyncio.get_running_loop().call_later(self._commit_delay,
+                                                                       self._send_commits)
 
     def _send_commits(self) -> None:
         self._commit_flush = None
