@@ -441,9 +441,12 @@ class RedisBus(Bus):
         one timeout for the batch, not one per answer (an asyncio timeout per read was a
         good part of the bus's CPU under load)."""
         await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-        async with asyncio.timeout(self._pool.connection_kwargs["socket_timeout"]):
+
+        async def answers() -> None:
             for _ in commands:
                 await conn.read_response(timeout=math.inf)
+
+        await asyncio.wait_for(answers(), self._pool.connection_kwargs["socket_timeout"])
 
     async def _connect(self, role: str) -> AbstractConnection:
         kwargs = {**self._pool.connection_kwargs, "client_name": f"collab-{self.instance_id}-{role}"}
