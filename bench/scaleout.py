@@ -23,11 +23,9 @@ Needs PostgreSQL (``COLLAB_TEST_POSTGRES_URL``, default the local one) and ``red
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 import statistics
 import subprocess
@@ -44,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import LOAD_CPU, LOADGEN, SERVER_CPU, Running, Server, _collab  # noqa: E402
 
-from tests.services import POSTGRES_URL, PrivateRedis, with_database  # noqa: E402
+from tests.services import PrivateRedis, fresh_database  # noqa: E402
 
 SETUPS = ("sqlite", "postgres+redis", "2 processes: rooms apart", "2 processes: rooms shared")
 
@@ -53,28 +51,16 @@ def progress(text: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-async def _admin(statement: str) -> None:
-    import asyncpg
-
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await admin.execute(statement)
-    finally:
-        await admin.close()
-
-
 @contextlib.contextmanager
 def scaled_out_services() -> Iterator[tuple[str, str]]:
     """A fresh PostgreSQL database and a private redis-server (their URLs), removed after."""
-    name = f"collab_bench_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     redis = PrivateRedis()
-    try:
-        redis.start()
-        yield with_database(POSTGRES_URL, name), redis.url
-    finally:
-        redis.cleanup()
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database() as database:
+        try:
+            redis.start()
+            yield database, redis.url
+        finally:
+            redis.cleanup()
 
 
 def generate(servers: list[Running], spread: str, rate: float, duration: float, warmup: float,
@@ -130,7 +116,7 @@ def row(setup: str, runs: list[dict[str, Any]], baseline: float | None) -> str:
     p99 = statistics.median(r["latency_ms"]["p99"] for r in ok)
     lost = sum(r["lost"] for r in ok)
     converged = all(r["converged"] for r in ok)
-    ratio = f"{per_edit / baseline:.2f}x" if baseline else "1.00x"
+    ratio = f"{per_edit / baseline:.2f}x" if baseline else "(sqlite not run)"
     spread = ", ".join(f"{r['server_cpu_us_per_edit']:.0f}" for r in ok)
     return (f"| {setup} | {per_edit:.0f} µs ({spread}) | {ratio} | {per_delivery:.1f} µs | {p50:.2f} / "
             f"{p99:.2f} ms | {lost} | {'yes' if converged else 'NO'} |")
