@@ -182,12 +182,17 @@ class Running:
             self.process.wait(5)
 
 
-def generate(running: Running, scenario: str, timeout: float = 900, **params: Any) -> dict[str, Any]:
-    """Run one generator scenario against ``running`` on the generator's CPU; its JSON report."""
-    cmd = ["taskset", "-c", str(LOAD_CPU), "node", str(LOADGEN), scenario, "--url", running.url,
-           "--server-pid", str(running.pid), "--clock-ticks", str(os.sysconf("SC_CLK_TCK")),
+def generate(running: Running | list[Running], scenario: str, timeout: float = 900,
+             **params: Any) -> dict[str, Any]:
+    """Run one generator scenario against ``running`` (one server, or several processes of one:
+    the generator spreads its clients over them and sums their CPU) on the generator's CPU; its
+    JSON report."""
+    servers = running if isinstance(running, list) else [running]
+    cmd = ["taskset", "-c", str(LOAD_CPU), "node", str(LOADGEN), scenario,
+           "--url", ",".join(s.url for s in servers), "--server-pid", ",".join(str(s.pid) for s in servers),
+           "--clock-ticks", str(os.sysconf("SC_CLK_TCK")),
            "--server-core", str(SERVER_CPU), "--generator-core", str(LOAD_CPU)]
-    if running.server.client_deflate:
+    if servers[0].server.client_deflate:
         cmd.append("--deflate")
     for key, value in params.items():
         flag = "--" + key.replace("_", "-")

@@ -28,7 +28,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import LOAD_CPU, LOADGEN, SERVER_CPU, Running, Server, _collab  # noqa: E402
+from run import Running, Server, _collab, generate  # noqa: E402
 
 from tests.services import PrivateRedis, fresh_database  # noqa: E402
 
@@ -61,21 +60,6 @@ def scaled_out_services() -> Iterator[tuple[str, str]]:
             yield database, redis.url
         finally:
             redis.cleanup()
-
-
-def generate(servers: list[Running], spread: str, rate: float, duration: float, warmup: float,
-             rooms: int, clients: int) -> dict[str, Any]:
-    cmd = ["taskset", "-c", str(LOAD_CPU), "node", str(LOADGEN), "fanout",
-           "--url", ",".join(s.url for s in servers), "--spread", spread,
-           "--server-pid", ",".join(str(s.pid) for s in servers),
-           "--clock-ticks", str(os.sysconf("SC_CLK_TCK")), "--server-core", str(SERVER_CPU),
-           "--generator-core", str(LOAD_CPU), "--rooms", str(rooms), "--clients", str(clients),
-           "--writers", "1", "--rate", str(rate / rooms), "--duration", str(duration),
-           "--warmup", str(warmup)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"generator exited {done.returncode}: {done.stderr.strip()[-1500:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def run_setup(setup: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -99,8 +83,9 @@ def run_setup(setup: str, args: argparse.Namespace, work: Path) -> dict[str, Any
                 data.mkdir()
                 running.append(Running(server, data, work / "server.log").start())
             spread = "clients" if setup.endswith("shared") else "rooms"
-            return generate(running, spread, args.rate, args.duration, args.warmup, args.rooms,
-                            args.clients)
+            return generate(running, "fanout", spread=spread, rooms=args.rooms, clients=args.clients,
+                            writers=1, rate=args.rate / args.rooms, duration=args.duration,
+                            warmup=args.warmup, timeout=600)
         finally:
             for r in running:
                 r.stop()

@@ -118,8 +118,7 @@ const main = async () => {
     repeat: number(values, 'repeat', { integer: true, min: 1 }),
     progress: values.progress,
     meter: {
-      serverPid: pids[0],
-      serverPids: pids.length > 1 ? pids : null,
+      serverPids: pids.filter((pid) => pid > 0),
       clockTicks: number(values, 'clock-ticks', { integer: true, min: 1 }),
       serverCore: number(values, 'server-core', { integer: true, min: -1 }),
       generatorCore: number(values, 'generator-core', { integer: true, min: -1 })

@@ -165,10 +165,9 @@ class KeptFolds:
     def take(self, name: str, snapshot: bytes | None) -> crdt.Document | None:
         """The document loaded from ``snapshot``, if kept; it is no longer kept (a fold
         changes it, and a failed fold must not leave it half changed)."""
-        kept = self._kept.pop(name, None)
+        kept = self.drop(name)
         if kept is None:
             return None
-        self._bytes -= len(kept[0])
         data, doc = kept
         return doc if snapshot is not None and data == snapshot and not doc.damaged else None
 
@@ -182,10 +181,12 @@ class KeptFolds:
             _name, (data, _doc) = self._kept.popitem(last=False)
             self._bytes -= len(data)
 
-    def drop(self, name: str) -> None:
+    def drop(self, name: str) -> tuple[bytes, crdt.Document] | None:
+        """Keep nothing for ``name``; returns what was kept."""
         kept = self._kept.pop(name, None)
         if kept is not None:
             self._bytes -= len(kept[0])
+        return kept
 
     def clear(self) -> None:
         self._kept.clear()
@@ -637,9 +638,9 @@ class Store(ABC):
         else:
             snapshot, checked = folded
         swapped = await self._swap_snapshot(name, part.version, snapshot, part.positions)
-        if swapped and folded is not None:
-            self._kept_folds.keep(name, snapshot, checked)
         if swapped:
+            if folded is not None:
+                self._kept_folds.keep(name, snapshot, checked)
             self.stats.compactions += 1
             self.stats.collected_compactions += collected
             self.stats.compactions_from_kept += base is not None

@@ -372,7 +372,7 @@ export const presence = async (opts) => {
  * after, and its CPU while they idle. */
 export const idle = async (opts) => {
   const run = new Run(opts)
-  const pid = opts.meter.serverPid
+  const pid = opts.meter.serverPids[0] || 0 // the idle scenario reads one server's memory
   const name = prefix()
   // one connection first, so rooms' fixed costs and lazy imports are not counted per connection
   const warm = makeRooms(run, name + '-warm', 1, 1, 0)

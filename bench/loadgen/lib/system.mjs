@@ -38,13 +38,13 @@ const coreTimes = () => {
  * than the two processes themselves means that something else on the machine got in the way).
  */
 export class Meter {
-  constructor ({ serverPid = 0, serverPids = null, clockTicks = 100, serverCore = -1, generatorCore = -1 } = {}) {
-    Object.assign(this, { serverPid, serverPids, clockTicks, serverCore, generatorCore })
+  constructor ({ serverPids = [], clockTicks = 100, serverCore = -1, generatorCore = -1 } = {}) {
+    Object.assign(this, { serverPids, clockTicks, serverCore, generatorCore })
   }
 
-  /** The CPU of the server, or of all its processes (``serverPids``) together. */
+  /** The CPU of the server: of all its processes together. */
   serverCpuSeconds () {
-    return (this.serverPids || [this.serverPid]).reduce((sum, pid) => sum + processCpuSeconds(pid, this.clockTicks), 0)
+    return this.serverPids.reduce((sum, pid) => sum + processCpuSeconds(pid, this.clockTicks), 0)
   }
 
   start () {
@@ -52,7 +52,7 @@ export class Meter {
     this.cpu0 = process.cpuUsage()
     this.elu0 = performance.eventLoopUtilization()
     this.cores0 = coreTimes()
-    this.server0 = this.serverPid ? this.serverCpuSeconds() : 0
+    this.server0 = this.serverCpuSeconds()
     return this
   }
 
@@ -73,7 +73,7 @@ export class Meter {
       generator_core_busy_percent: coreBusy(this.generatorCore),
       server_core_busy_percent: coreBusy(this.serverCore)
     }
-    if (this.serverPid) {
+    if (this.serverPids.length) {
       const seconds = this.serverCpuSeconds() - this.server0
       out.server_cpu_seconds = round(seconds, 3)
       out.server_cpu_percent = round((100 * seconds) / wall)
