@@ -150,22 +150,24 @@ def _uint(data: bytes, pos: int) -> tuple[int, int]:
         raise _truncated() from None
 
 
-_CLIENTS: dict[bytes, tuple[int, int]] = {}
-"""Decoded client ids by their first 8 bytes: a document has few clients, and their ids (53-bit
-from Yrs, 32-bit from Yjs) are the longest numbers of every update."""
+_CLIENTS: dict[bytes, tuple[bytes, int, int]] = {}
+"""Encoded client ids and their values, by the first 4 bytes of the encoding: a document has few
+clients, and their ids (53-bit from Yrs, 32-bit from Yjs) are the longest numbers of every update.
+The key must stop inside the id: the bytes after it (a clock, an info byte) change every edit."""
 
 
 def _client(data: bytes, pos: int) -> tuple[int, int]:
-    """:func:`_uint` for a client id, through :data:`_CLIENTS` (the 8 bytes hold the whole
-    number whenever it is valid, so they decide it)."""
-    key = data[pos:pos + 8]
-    known = _CLIENTS.get(key)
-    if known is not None:
-        return known[0], pos + known[1]
+    """:func:`_uint` for a client id, through :data:`_CLIENTS`. A varuint ends at its first byte
+    below 0x80, so no valid encoding is a prefix of another: when the cached encoding starts at
+    ``pos``, it is exactly the number there."""
+    known = _CLIENTS.get(data[pos:pos + 4])
+    if known is not None and data.startswith(known[0], pos):
+        return known[1], pos + known[2]
     value, end = _uint(data, pos)
-    if len(_CLIENTS) >= 4096:
-        _CLIENTS.clear()
-    _CLIENTS[key] = (value, end - pos)
+    if end - pos >= 4:
+        if len(_CLIENTS) >= 4096:
+            _CLIENTS.clear()
+        _CLIENTS[data[pos:pos + 4]] = (data[pos:end], value, end - pos)
     return value, end
 
 

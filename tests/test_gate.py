@@ -453,3 +453,16 @@ def test_the_short_path_for_typing_plans_as_the_general_reader(seed: int, mutate
         assert mutated or len(gate.structs(update)) != 1 or update[:2] != b"\x01\x01"
         return
     assert typed == general
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**28 - 1), st.lists(st.tuples(st.integers(0, 2**25 - 1), st.binary(max_size=3)),
+                                           min_size=1, max_size=12))
+def test_client_ids_that_share_their_first_bytes_decode_as_themselves(low: int,
+                                                                      ids: list[tuple[int, bytes]]) -> None:
+    """Client ids are decoded through a cache keyed on the first bytes of their encoding; ids that
+    agree there and differ after (or are shorter than the key) must still decode exactly."""
+    for high, after in ids:
+        client = low | high << 28
+        data = b"\x05" + gate._write_uint(client) + after
+        assert gate._client(data, 1) == gate._uint(data, 1) == (client, len(data) - len(after))
