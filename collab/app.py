@@ -154,6 +154,7 @@ class Collab:
         self.store: Store = open_store(settings.store, commit_window=settings.commit_window,
                                        compact_threshold=settings.compact_threshold,
                                        kept_fold_bytes=settings.compact_cache_bytes,
+                                       compact_log_ratio=settings.compact_log_ratio,
                                        max_unstored_updates=settings.store_backlog_updates,
                                        max_unstored_bytes=settings.store_backlog_bytes)
         self.bus: Bus = open_bus(settings.redis, settings.instance_id,

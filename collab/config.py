@@ -311,6 +311,11 @@ class Settings:
     compact_threshold: int = field(default=500, metadata={"option": Option(
         "fold a document's update log into its snapshot after this many updates",
         "COLLAB_COMPACT_THRESHOLD", positive_int, "UPDATES")})
+    compact_log_ratio: float = field(default=0.5, metadata={"option": Option(
+        "fold a document's log only once its bytes are also this fraction of its snapshot's: a "
+        "fold reads the whole document, so this keeps its cost per update the same whatever the "
+        "document's size (0: by --compact-threshold alone)",
+        "COLLAB_COMPACT_LOG_RATIO", non_negative_float, "RATIO")})
     compact_cache_bytes: int = field(default=4 * 1024 * 1024, metadata={"option": Option(
         "snapshot bytes whose documents compaction keeps in memory to fold the next log into "
         "(about ten times as much memory; 0 reads every snapshot again)",

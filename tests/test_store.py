@@ -129,6 +129,64 @@ async def test_automatic_compaction_past_the_threshold(tmp_path: Path) -> None:
     assert len(stored.updates) < 45 and text_of(stored.updates) == text
 
 
+async def _settled(store: Store) -> None:
+    """Everything appended is stored and every compaction it started is over."""
+    assert await store.flush(timeout=10)
+    await asyncio.wait_for(asyncio.gather(*list(store._compacting.values())), 10)
+
+
+async def test_a_large_document_is_folded_once_its_log_is_a_share_of_its_snapshot(tmp_path: Path) -> None:
+    """Past the count of updates, a document's log is folded only once its bytes reach the
+    ratio of its snapshot's: a fold reads the whole document, whatever its log holds."""
+    store = SQLiteStore(tmp_path / "c.db", commit_window=0, compact_threshold=20, compact_log_ratio=0.5)
+    await store.open()
+    doc = crdt.Document()
+    await store.append("big", doc.edit_text(0, "x" * 20_000))
+    assert await store.compact("big")
+    snapshot = (await store.load("big")).updates[0]
+    typed = 0
+    while typed + 200 < len(snapshot) // 2:  # well past the count, short of half the snapshot
+        update = doc.edit_text(typed % 100, "a")
+        assert update is not None
+        await store.append("big", update)
+        typed += len(update)
+    await _settled(store)
+    assert store.stats.compactions == 1
+    while typed < len(snapshot) // 2 + 200:
+        update = doc.edit_text(0, "b")
+        assert update is not None
+        await store.append("big", update)
+        typed += len(update)
+    await _settled(store)
+    assert store.stats.compactions == 2
+    await store.close()
+
+    # A store started again learns the snapshot's size when the document is loaded.
+    reopened = SQLiteStore(tmp_path / "c.db", commit_window=0, compact_threshold=20,
+                           compact_log_ratio=0.5)
+    await reopened.open()
+    await reopened.load("big")
+    for _ in range(60):
+        await reopened.append("big", doc.edit_text(0, "c"))
+    await _settled(reopened)
+    assert reopened.stats.compactions == 0
+    assert crdt.document_from((await reopened.load("big")).updates).text() == doc.text()
+    await reopened.close()
+
+
+async def test_a_ratio_of_zero_folds_by_the_count_alone(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db", commit_window=0, compact_threshold=20, compact_log_ratio=0)
+    await store.open()
+    doc = crdt.Document()
+    await store.append("big", doc.edit_text(0, "x" * 20_000))
+    assert await store.compact("big")
+    for _ in range(60):
+        await store.append("big", doc.edit_text(0, "a"))
+    await _settled(store)
+    assert store.stats.compactions >= 2
+    await store.close()
+
+
 async def test_sqlite_is_durable_across_reopen_and_close_flushes(tmp_path: Path) -> None:
     path = tmp_path / "d.db"
     store = SQLiteStore(path, commit_window=0.05)

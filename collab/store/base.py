@@ -43,6 +43,15 @@ KEPT_FOLDS_BYTES = 4 * 1024 * 1024
 """Snapshot bytes whose checked documents compaction keeps for the next fold (the setting
 ``compact_cache_bytes``); a kept document takes about ten times its snapshot in memory."""
 
+COMPACT_LOG_RATIO = 0.5
+"""A document's log is folded once it also holds this fraction of its snapshot's bytes (the
+setting ``compact_log_ratio``): a fold reads and checks the whole document, so a fixed count of
+updates made it cost a large document its size again every few hundred edits."""
+
+KNOWN_SNAPSHOTS = 65_536
+"""Documents whose snapshot size the store remembers, at most (past it, it forgets them all:
+they compact by the count alone until their next fold tells it again)."""
+
 LAST_ATTEMPT_GRACE = 5.0
 """Seconds a closing store waits for the write attempt in progress when its time is up."""
 
@@ -244,9 +253,11 @@ class Store(ABC):
     def __init__(self, *, commit_window: float = 0.005, compact_threshold: int = 500,
                  max_unstored_updates: int = MAX_UNSTORED_UPDATES,
                  max_unstored_bytes: int = MAX_UNSTORED_BYTES, retry_max: float = RETRY_MAX,
-                 kept_fold_bytes: int = KEPT_FOLDS_BYTES) -> None:
+                 kept_fold_bytes: int = KEPT_FOLDS_BYTES,
+                 compact_log_ratio: float = COMPACT_LOG_RATIO) -> None:
         self.commit_window = commit_window
         self.compact_threshold = compact_threshold
+        self.compact_log_ratio = compact_log_ratio
         self.max_unstored_updates = max_unstored_updates
         self.max_unstored_bytes = max_unstored_bytes
         self.retry_max = retry_max
@@ -267,6 +278,10 @@ class Store(ABC):
         self.not_stored = 0
         """Accepted updates given up on when the store closed (0 after a clean close)."""
         self._since_compaction: dict[str, int] = defaultdict(int)
+        self._log_bytes: dict[str, int] = defaultdict(int)
+        """Bytes this store appended to each document's log since its last fold."""
+        self._snapshot_bytes: dict[str, int] = {}
+        """The size of each document's snapshot, where known (loaded or folded here)."""
         self._compacting: dict[str, asyncio.Task[bool]] = {}
         self._kept_folds = KeptFolds(kept_fold_bytes)
         # One merge at a time, on one thread: the engine holds the GIL while it works, and many
@@ -366,6 +381,7 @@ class Store(ABC):
         part = await self._read_log(name)
         if part.deleted:
             return StoredDocument(deleted=True)
+        self._note_snapshot(name, part.snapshot)
         return StoredDocument(part.everything, max([part.snapshot_position, *part.positions]),
                               snapshot=part.snapshot is not None, positions=part.positions)
 
@@ -452,7 +468,7 @@ class Store(ABC):
         running = self._compacting.get(name)
         if running is not None:
             await asyncio.gather(running, return_exceptions=True)
-        self._since_compaction.pop(name, None)
+        self._forget_log(name)
 
     async def compact(self, name: str) -> bool:
         """Fold the log of ``name`` into its snapshot; one compaction per document at a time."""
@@ -593,8 +609,9 @@ class Store(ABC):
             if not pending.done.done():
                 pending.done.set_result(position)
             self._since_compaction[pending.name] += 1
+            self._log_bytes[pending.name] += len(pending.update)
         for name in {p.name for p in batch}:
-            if self._since_compaction[name] >= self._threshold_of(name) and name not in self._compacting:
+            if self._due(name) and name not in self._compacting:
                 self._compaction(name).add_done_callback(_log_compaction_failure)
         return True
 
@@ -612,6 +629,36 @@ class Store(ABC):
 
     # --- compaction -------------------------------------------------------------------------
 
+    def _due(self, name: str) -> bool:
+        """Past the document's threshold of updates, and its log at least
+        :attr:`compact_log_ratio` of its snapshot: each fold then reads some fixed share of the
+        document anew, whatever its size, instead of all of it every few hundred updates."""
+        return (self._since_compaction[name] >= self._threshold_of(name)
+                and self._log_bytes[name] >= self.compact_log_ratio * self._snapshot_bytes.get(name, 0))
+
+    def _note_snapshot(self, name: str, snapshot: bytes | None) -> None:
+        if len(self._snapshot_bytes) >= KNOWN_SNAPSHOTS:
+            self._snapshot_bytes.clear()
+        self._snapshot_bytes[name] = len(snapshot) if snapshot is not None else 0
+
+    def _forget_log(self, name: str) -> None:
+        self._since_compaction.pop(name, None)
+        self._log_bytes.pop(name, None)
+        self._snapshot_bytes.pop(name, None)
+
+    def _count_folded(self, name: str, updates: list[bytes], snapshot: bytes) -> None:
+        """Take what a fold swapped in out of the counts since the last one (appends committed
+        meanwhile stay counted)."""
+        self._note_snapshot(name, snapshot)
+        left = self._since_compaction[name] - len(updates)
+        left_bytes = self._log_bytes[name] - sum(map(len, updates))
+        if left > 0:
+            self._since_compaction[name] = left
+            self._log_bytes[name] = max(left_bytes, 0)
+        else:
+            self._since_compaction.pop(name, None)
+            self._log_bytes.pop(name, None)
+
     def _threshold_of(self, name: str) -> int:
         """The threshold, spread by up to +50% per document so that rooms typing at the same
         pace do not all compact at the same moment."""
@@ -627,7 +674,9 @@ class Store(ABC):
     async def _fold(self, name: str) -> bool:
         part = await self._read_log(name)
         if not part.positions or part.deleted:
-            self._since_compaction.pop(name, None)
+            self._forget_log(name)
+            if not part.deleted:
+                self._note_snapshot(name, part.snapshot)
             return False
         base = self._kept_folds.take(name, part.snapshot)
         folded = await _fold_collected(part.updates if base is not None else part.everything, base)
@@ -645,11 +694,7 @@ class Store(ABC):
             self.stats.collected_compactions += collected
             self.stats.compactions_from_kept += base is not None
             self.stats.compacted_entries += len(part.positions)
-            left = self._since_compaction[name] - len(part.positions)
-            if left > 0:
-                self._since_compaction[name] = left
-            else:
-                self._since_compaction.pop(name, None)
+            self._count_folded(name, part.updates, snapshot)
             log.debug("compacted %r: %d log entries folded", name, len(part.positions))
         return swapped
 
