@@ -206,6 +206,14 @@ class KeptFolds:
 
 
 @dataclass(slots=True)
+class LogTally:
+    """What this store appended to one document's log since its last fold."""
+
+    updates: int = 0
+    bytes: int = 0
+
+
+@dataclass(slots=True)
 class PendingAppend:
     name: str
     update: bytes
@@ -277,9 +285,7 @@ class Store(ABC):
         self._failing_since = 0.0
         self.not_stored = 0
         """Accepted updates given up on when the store closed (0 after a clean close)."""
-        self._since_compaction: dict[str, int] = defaultdict(int)
-        self._log_bytes: dict[str, int] = defaultdict(int)
-        """Bytes this store appended to each document's log since its last fold."""
+        self._unfolded: defaultdict[str, LogTally] = defaultdict(LogTally)
         self._snapshot_bytes: dict[str, int] = {}
         """The size of each document's snapshot, where known (loaded or folded here)."""
         self._compacting: dict[str, asyncio.Task[bool]] = {}
@@ -608,8 +614,9 @@ class Store(ABC):
         for pending, position in zip(batch, positions, strict=True):
             if not pending.done.done():
                 pending.done.set_result(position)
-            self._since_compaction[pending.name] += 1
-            self._log_bytes[pending.name] += len(pending.update)
+            tally = self._unfolded[pending.name]
+            tally.updates += 1
+            tally.bytes += len(pending.update)
         for name in {p.name for p in batch}:
             if self._due(name) and name not in self._compacting:
                 self._compaction(name).add_done_callback(_log_compaction_failure)
@@ -633,8 +640,9 @@ class Store(ABC):
         """Past the document's threshold of updates, and its log at least
         :attr:`compact_log_ratio` of its snapshot: each fold then reads some fixed share of the
         document anew, whatever its size, instead of all of it every few hundred updates."""
-        return (self._since_compaction[name] >= self._threshold_of(name)
-                and self._log_bytes[name] >= self.compact_log_ratio * self._snapshot_bytes.get(name, 0))
+        tally = self._unfolded[name]
+        return (tally.updates >= self._threshold_of(name)
+                and tally.bytes >= self.compact_log_ratio * self._snapshot_bytes.get(name, 0))
 
     def _note_snapshot(self, name: str, snapshot: bytes | None) -> None:
         if len(self._snapshot_bytes) >= KNOWN_SNAPSHOTS:
@@ -642,22 +650,20 @@ class Store(ABC):
         self._snapshot_bytes[name] = len(snapshot) if snapshot is not None else 0
 
     def _forget_log(self, name: str) -> None:
-        self._since_compaction.pop(name, None)
-        self._log_bytes.pop(name, None)
+        self._unfolded.pop(name, None)
         self._snapshot_bytes.pop(name, None)
 
     def _count_folded(self, name: str, updates: list[bytes], snapshot: bytes) -> None:
         """Take what a fold swapped in out of the counts since the last one (appends committed
         meanwhile stay counted)."""
         self._note_snapshot(name, snapshot)
-        left = self._since_compaction[name] - len(updates)
-        left_bytes = self._log_bytes[name] - sum(map(len, updates))
-        if left > 0:
-            self._since_compaction[name] = left
-            self._log_bytes[name] = max(left_bytes, 0)
-        else:
-            self._since_compaction.pop(name, None)
-            self._log_bytes.pop(name, None)
+        tally = self._unfolded.get(name)
+        if tally is None:
+            return
+        tally.updates -= len(updates)
+        tally.bytes = max(tally.bytes - sum(map(len, updates)), 0)
+        if tally.updates <= 0:
+            del self._unfolded[name]
 
     def _threshold_of(self, name: str) -> int:
         """The threshold, spread by up to +50% per document so that rooms typing at the same
@@ -674,8 +680,10 @@ class Store(ABC):
     async def _fold(self, name: str) -> bool:
         part = await self._read_log(name)
         if not part.positions or part.deleted:
-            self._forget_log(name)
-            if not part.deleted:
+            self._unfolded.pop(name, None)
+            if part.deleted:
+                self._snapshot_bytes.pop(name, None)
+            else:
                 self._note_snapshot(name, part.snapshot)
             return False
         base = self._kept_folds.take(name, part.snapshot)
