@@ -232,7 +232,7 @@ async def test_sqlite_loads_at_once_each_get_their_own_document(tmp_path: Path) 
 
         cancelled = asyncio.ensure_future(store.load("d0"))
         loads = [asyncio.ensure_future(store.load(name)) for name in texts]
-        failing = store._read_batched(broken)
+        failing = store._read_lane.run(broken)
         await asyncio.sleep(0)  # every load has queued its read
         cancelled.cancel()
         stored = await asyncio.gather(*loads)

@@ -15,11 +15,11 @@ import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from collab import crdt
 from collab.metrics import Histogram, counter
+from collab.store.lane import Lane
 
 log = logging.getLogger("collab.store")
 
@@ -292,7 +292,7 @@ class Store(ABC):
         self._kept_folds = KeptFolds(kept_fold_bytes)
         # One merge at a time, on one thread: the engine holds the GIL while it works, and many
         # rooms crossing the threshold together would otherwise stall the event loop at once.
-        self._compactor = ThreadPoolExecutor(1, thread_name_prefix="compactor")
+        self._compactor = Lane("compactor")
         self.is_open = False
         self.stats = StoreStats()
 
@@ -301,6 +301,7 @@ class Store(ABC):
     async def open(self) -> None:
         await self._open()
         self._loop = asyncio.get_running_loop()
+        self._compactor.start(self._loop)
         self._writer = self._loop.create_task(self._write_loop(), name="store-writer")
         self.is_open = True
 
@@ -317,7 +318,7 @@ class Store(ABC):
             await asyncio.gather(*self._compacting.values(), return_exceptions=True)
         await self._stop_writer()
         self.is_open = False
-        self._compactor.shutdown(wait=True)
+        self._compactor.stop()
         self._kept_folds.clear()
         await self._close()
         return self.not_stored
@@ -690,8 +691,8 @@ class Store(ABC):
         folded = await _fold_collected(part.updates if base is not None else part.everything, base)
         collected = folded is not None
         if folded is None:
-            loop = asyncio.get_running_loop()
-            snapshot = await loop.run_in_executor(self._compactor, _merge_verified, part.everything)
+            everything = part.everything
+            snapshot = await self._compactor.run(lambda: _merge_verified(everything))
         else:
             snapshot, checked = folded
         swapped = await self._swap_snapshot(name, part.version, snapshot, part.positions)

@@ -1,8 +1,8 @@
 """SQLite store: the embedded default. WAL mode, one writer thread, one reader thread.
 
-SQLite calls block, so they run on two single-thread executors: the writer (group commits and
-snapshot swaps, serialised as SQLite requires) and the reader (loads and compaction reads, which
-WAL lets run beside a write). The event loop never waits on the disk.
+SQLite calls block, so they run on two threads of their own (each a :class:`Lane`): the writer
+(group commits and snapshot swaps, serialised as SQLite requires) and the reader (loads and
+compaction reads, which WAL lets run beside a write). The event loop never waits on the disk.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from collab.store.base import DocumentInfo, LogSlice, Store, StoreDamaged, VersionInfo
+from collab.store.lane import Lane
 
 T = TypeVar("T")
 log = logging.getLogger("collab.store.sqlite")
@@ -188,22 +187,12 @@ def rollback(db: sqlite3.Connection) -> None:
             log.debug("rollback after a failed transaction failed too: %s", exc)
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in outcomes:
-        if future.done():  # cancelled while it waited
-            continue
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-
-
 class SQLiteStore(Store):
     def __init__(self, path: str | Path, **options: Any) -> None:
         super().__init__(**options)
         self.path = Path(path)
-        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._write_lane = Lane("sqlite-writer")
+        self._read_lane = Lane("sqlite-reader")
         self._write_db: sqlite3.Connection | None = None
         self._read_db: sqlite3.Connection | None = None
         self._folded: dict[str, int] = {}
@@ -211,8 +200,6 @@ class SQLiteStore(Store):
         wait for the sweep."""
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._sweeping: asyncio.Future[None] | None = None
-        self._reads: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._reads_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -220,9 +207,6 @@ class SQLiteStore(Store):
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # WAL: a process crash loses no commit
         return db
-
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
     async def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,8 +224,16 @@ class SQLiteStore(Store):
         def open_reader() -> None:
             self._read_db = self._connect()
 
-        await self._run(self._writer_pool, open_writer)
-        await self._run(self._reader_pool, open_reader)
+        loop = asyncio.get_running_loop()
+        self._write_lane.start(loop)
+        self._read_lane.start(loop)
+        try:
+            await self._write_lane.run(open_writer)
+            await self._read_lane.run(open_reader)
+        except BaseException:  # a damaged or foreign file: no thread is left waiting
+            self._write_lane.stop()
+            self._read_lane.stop()
+            raise
 
     async def _close(self) -> None:
         if self._sweep_timer is not None:
@@ -254,10 +246,10 @@ class SQLiteStore(Store):
         def close(db: sqlite3.Connection | None) -> Callable[[], None]:
             return lambda: db.close() if db is not None else None
 
-        await self._run(self._reader_pool, close(self._read_db))
-        await self._run(self._writer_pool, close(self._write_db))
-        self._writer_pool.shutdown(wait=True)
-        self._reader_pool.shutdown(wait=True)
+        await self._read_lane.run(close(self._read_db))
+        await self._write_lane.run(close(self._write_db))
+        self._write_lane.stop()
+        self._read_lane.stop()
 
     async def check_store(self) -> list[str]:
         """SQLite's ``integrity_check``: ``quick_check`` (run at open) and the indexes too."""
@@ -267,7 +259,7 @@ class SQLiteStore(Store):
             rows = [" ".join(str(row[0]).split()) for row in db.execute("PRAGMA integrity_check(20)")]
             return [] if rows == ["ok"] else rows
 
-        return await self._run(self._reader_pool, check)
+        return await self._read_lane.run(check)
 
     async def _write_batch(self, batch: list[tuple[str, bytes]]) -> list[int]:
         now = time.time()
@@ -285,7 +277,7 @@ class SQLiteStore(Store):
             # AUTOINCREMENT inside one write transaction hands out consecutive positions.
             return list(range(last - len(batch) + 1, last + 1))
 
-        return await self._run(self._writer_pool, write)
+        return await self._write_lane.run(write)
 
     async def _read_log(self, name: str) -> LogSlice:
         def read() -> LogSlice:
@@ -310,33 +302,8 @@ class SQLiteStore(Store):
                 deleted=deleted,
             )
 
-        return await self._read_batched(read)
+        return await self._read_lane.run(read)
 
-    def _read_batched(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """Run ``fn`` on the reader thread with the reads queued beside it: one hand-off and one
-        wake-up of the loop per batch, where ``run_in_executor`` costs a thread-pool future, its
-        condition and a wake-up per read (a room's load while hundreds of rooms open at once)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._reads_lock:
-            self._reads.append((fn, future))
-            first = len(self._reads) == 1
-        if first:  # no drain is queued that would still see this read
-            self._reader_pool.submit(self._drain_reads, loop)
-        return future
-
-    def _drain_reads(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the reader thread: run every queued read, then settle their futures in one call."""
-        with self._reads_lock:
-            batch, self._reads = self._reads, []
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        for fn, future in batch:
-            try:
-                outcomes.append((future, fn(), None))
-            except BaseException as exc:  # every waiter hears of its read, whatever it raised
-                outcomes.append((future, None, exc))
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(_settle, outcomes)
 
     async def _swap_snapshot(self, name: str, expected_version: int, snapshot: bytes,
                              positions: list[int]) -> bool:
@@ -360,7 +327,7 @@ class SQLiteStore(Store):
         # The folded rows are the document's rows at or below the snapshot's position (one
         # writer hands out positions in commit order, so none can appear there later): reads
         # skip them from now on, and the sweep deletes them.
-        if not await self._run(self._writer_pool, swap):
+        if not await self._write_lane.run(swap):
             return False
         self._sweep_later(name, max(positions, default=0))
         return True
@@ -389,7 +356,7 @@ class SQLiteStore(Store):
                                       list(folded.items())).rowcount
 
         try:
-            deleted = await self._run(self._writer_pool, sweep)
+            deleted = await self._write_lane.run(sweep)
         except Exception as exc:  # kept for the next sweep, or the next start's
             log.warning("folded log rows of %d documents not deleted yet: %s", len(folded), exc)
             if not self._closing:
@@ -414,7 +381,7 @@ class SQLiteStore(Store):
                            "deleted_at = excluded.deleted_at", (name, now, now if deleted else None))
             return (dropped > 0 and not was_deleted) if deleted else was_deleted
 
-        return await self._run(self._writer_pool, write)
+        return await self._write_lane.run(write)
 
     async def _list(self, after: str | None, limit: int) -> list[DocumentInfo]:
         def read() -> list[DocumentInfo]:
@@ -431,7 +398,7 @@ class SQLiteStore(Store):
                 (start, limit)).fetchall()
             return [DocumentInfo(doc, int(size), changed_at) for doc, size, changed_at in rows]
 
-        return await self._run(self._reader_pool, read)
+        return await self._read_lane.run(read)
 
     async def _add_version(self, name: str, created_at: float, kind: str, label: str,
                            authors: list[str], state: bytes) -> int:
@@ -443,7 +410,7 @@ class SQLiteStore(Store):
                 "VALUES (?, ?, ?, ?, ?, ?)", (name, created_at, kind, label, json.dumps(authors), state))
             return int(cursor.lastrowid or 0)
 
-        return await self._run(self._writer_pool, write)
+        return await self._write_lane.run(write)
 
     async def _list_versions(self, name: str, before: int | None, limit: int) -> list[VersionInfo]:
         def read() -> list[VersionInfo]:
@@ -455,7 +422,7 @@ class SQLiteStore(Store):
                 (name, before if before is not None else 2**63 - 1, limit)).fetchall()
             return [_version_info(*row) for row in rows]
 
-        return await self._run(self._reader_pool, read)
+        return await self._read_lane.run(read)
 
     async def _read_version(self, name: str, version_id: int) -> tuple[VersionInfo, bytes] | None:
         def read() -> tuple[VersionInfo, bytes] | None:
@@ -466,7 +433,7 @@ class SQLiteStore(Store):
                 "WHERE doc = ? AND id = ?", (name, version_id)).fetchone()
             return None if row is None else (_version_info(*row[:6]), bytes(row[6]))
 
-        return await self._run(self._reader_pool, read)
+        return await self._read_lane.run(read)
 
     async def _prune_versions(self, name: str, older_than: float, keep: int) -> int:
         def write() -> int:
@@ -477,7 +444,7 @@ class SQLiteStore(Store):
                 "(SELECT id FROM versions WHERE doc = ? ORDER BY id DESC LIMIT ?)",
                 (name, older_than, name, keep)).rowcount)
 
-        return await self._run(self._writer_pool, write)
+        return await self._write_lane.run(write)
 
     async def _drop_versions(self, name: str) -> None:
         def write() -> None:
@@ -485,7 +452,7 @@ class SQLiteStore(Store):
             assert db is not None
             db.execute("DELETE FROM versions WHERE doc = ?", (name,))
 
-        await self._run(self._writer_pool, write)
+        await self._write_lane.run(write)
 
 
 def _version_info(version_id: int, created_at: float, kind: str, label: str, authors: str,
