@@ -69,7 +69,8 @@ INCLUSIVE: list[tuple[str, re.Pattern[str]]] = [
      re.compile(r"^(Room\._broadcast|Room\.broadcast|WebSocketPeer\.send) ")),
     ("uvicorn receiving bytes (data_received and below)", re.compile(r"data_received \(uvicorn")),
     ("an ASGI send (uvicorn's send and below)", re.compile(r"\.asgi_send |\.send \(uvicorn")),
-    ("the store's writer thread", re.compile(r"collab/store/")),
+    ("the store (collab/store/ anywhere: appends, commits on its thread, compaction)",
+     re.compile(r"collab/store/")),
 ]
 
 
