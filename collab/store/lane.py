@@ -23,6 +23,9 @@ Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 _STOP = None
 
+MAX_BATCH = 1000
+"""Calls settled in one hand-back at most: the loop's turn that settles them stays short."""
+
 
 class LaneStopped(RuntimeError):
     """A call on a lane that was stopped (or never started)."""
@@ -66,7 +69,7 @@ class Lane:
                 return
             batch = [first]
             with contextlib.suppress(queue.Empty):
-                while len(batch) < 1000:
+                while len(batch) < MAX_BATCH:
                     batch.append(self._calls.get_nowait())
             stopping = batch[-1] is _STOP
             outcomes = [_outcome(call) for call in batch if call is not _STOP]
