@@ -16,12 +16,11 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from collab.store.base import DocumentInfo, LogSlice, Store, StoreDamaged, VersionInfo
 from collab.store.lane import Lane
 
-T = TypeVar("T")
 log = logging.getLogger("collab.store.sqlite")
 
 SCHEMA = """
