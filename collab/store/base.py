@@ -680,12 +680,12 @@ class Store(ABC):
 
     async def _fold(self, name: str) -> bool:
         part = await self._read_log(name)
-        if not part.positions or part.deleted:
+        if part.deleted:
+            self._forget_log(name)
+            return False
+        if not part.positions:
             self._unfolded.pop(name, None)
-            if part.deleted:
-                self._snapshot_bytes.pop(name, None)
-            else:
-                self._note_snapshot(name, part.snapshot)
+            self._note_snapshot(name, part.snapshot)
             return False
         base = self._kept_folds.take(name, part.snapshot)
         folded = await _fold_collected(part.updates if base is not None else part.everything, base)
